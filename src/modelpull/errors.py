@@ -1,0 +1,183 @@
+"""The exceptions modelpull raises; the engine, the API and the CLI see only these.
+
+Store errors (botocore's, and the TOS SDK's) are translated into this tree in exactly
+one place per backend: :func:`modelpull.backends.boto3.translate` and the TOS backend's
+twin. Every class has a stable exit code in :mod:`modelpull.cli`'s table.
+
+::
+
+    ModelPullError
+    ├── UsageError (ValueError)               bad flag, config value or URI
+    │   └── InvalidURIError
+    ├── DestinationError (OSError)            DEST unusable: not a folder, not writable, ...
+    │   ├── DiskFullError                     not enough free space, or ENOSPC mid-pull
+    │   └── UnsafePathError                   a key that would land outside DEST
+    ├── StoreError                            the object store said no, or could not be reached
+    │   ├── NotFoundError (FileNotFoundError)
+    │   │   ├── BucketNotFoundError
+    │   │   └── ObjectNotFoundError           no such key, or nothing under a prefix
+    │   ├── AccessDeniedError (PermissionError)   403, bad or missing credentials
+    │   ├── EndpointError (ConnectionError)   endpoint unreachable, DNS, TLS, timeouts
+    │   ├── ObjectChangedError                the object was replaced during the pull (412)
+    │   ├── TransientStoreError               worth a retry: 5xx, throttling, reset, short body
+    │   └── RetriesExhaustedError             a part failed every attempt of its budget
+    ├── IntegrityError                        downloaded bytes do not match a store checksum
+    ├── BackendUnavailableError (ImportError) an optional backend's package is not installed
+    └── InterruptedPullError                  Ctrl-C or SIGTERM; resumable state was kept
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDeniedError",
+    "BackendUnavailableError",
+    "BucketNotFoundError",
+    "DestinationError",
+    "DiskFullError",
+    "EndpointError",
+    "IntegrityError",
+    "InterruptedPullError",
+    "InvalidURIError",
+    "ModelPullError",
+    "NotFoundError",
+    "ObjectChangedError",
+    "ObjectNotFoundError",
+    "RetriesExhaustedError",
+    "StoreError",
+    "TransientStoreError",
+    "UnsafePathError",
+    "UsageError",
+]
+
+
+class ModelPullError(Exception):
+    """Root of every error modelpull raises on purpose."""
+
+
+class UsageError(ModelPullError, ValueError):
+    """A flag, config value or argument is invalid; the message says which and why."""
+
+
+class InvalidURIError(UsageError):
+    """A URI is not of the form ``s3://bucket[/key-or-prefix]`` (or ``tos://``)."""
+
+
+class DestinationError(ModelPullError, OSError):
+    """The destination folder cannot be used as asked."""
+
+
+class DiskFullError(DestinationError):
+    """Not enough free space for the files to fetch."""
+
+
+class UnsafePathError(DestinationError):
+    """An object key that is absolute, has ``..`` or would land outside DEST."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StoreError(ModelPullError):
+    """The object store refused a request or could not be reached.
+
+    Attributes carry what a person needs to follow it up with the store's operator;
+    none of them ever holds a credential.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        bucket: str | None = None,
+        key: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.bucket = bucket
+        self.key = key
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        # A short machine-readable cause ("reset", "timeout", "503", ...) used as the
+        # retry-counter label; never free text.
+        self.reason = reason
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        details = [
+            f"{name}={value}"
+            for name, value in (
+                ("status", self.status),
+                ("code", self.code),
+                ("request_id", self.request_id),
+            )
+            if value is not None and f"{value}" not in base
+        ]
+        return f"{base} ({', '.join(details)})" if details else base
+
+
+class NotFoundError(StoreError, FileNotFoundError):
+    """A bucket, key or prefix does not exist."""
+
+
+class BucketNotFoundError(NotFoundError):
+    """The bucket does not exist."""
+
+
+class ObjectNotFoundError(NotFoundError):
+    """No object at the key, or no object under the prefix."""
+
+
+class AccessDeniedError(StoreError, PermissionError):
+    """The store refused the credentials or the request (403 and kin)."""
+
+
+class EndpointError(StoreError, ConnectionError):
+    """The endpoint could not be reached or did not answer in time."""
+
+
+class ObjectChangedError(StoreError):
+    """The object's ETag changed while it was being pulled."""
+
+
+class TransientStoreError(StoreError):
+    """A failure that a later attempt may not see: 5xx, throttling, reset, short body.
+
+    ``bytes_done`` is how many bytes of the request's range arrived intact before the
+    failure, so a retry can resume from there.
+    """
+
+    bytes_done: int = 0
+
+
+class RetriesExhaustedError(StoreError):
+    """A request failed on every attempt allowed by the retry budget."""
+
+
+class IntegrityError(ModelPullError):
+    """The bytes received do not match a checksum the store published."""
+
+    def __init__(
+        self, message: str, *, path: str, algorithm: str, expected: str, actual: str
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.algorithm = algorithm
+        self.expected = expected
+        self.actual = actual
+
+
+class BackendUnavailableError(ModelPullError, ImportError):
+    """The chosen backend needs an optional package that is not installed."""
+
+
+class InterruptedPullError(ModelPullError):
+    """The pull was stopped by a signal; what was written is kept for resume."""
+
+    def __init__(self, message: str, *, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -1,0 +1,121 @@
+"""What the engine tells its observers; progress, metrics and logs subscribe to these.
+
+An observer is any callable taking one event. The engine calls observers from its
+worker threads, so an observer must be thread-safe and quick; one that raises is
+reported once on the ``modelpull`` logger and then ignored, never failing the pull.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "BytesTransferred",
+    "Event",
+    "FileDone",
+    "FileFailed",
+    "FileQueued",
+    "FileSkipped",
+    "FileVerified",
+    "Observer",
+    "PartRetried",
+    "PullFinished",
+    "PullStarted",
+    "RequestFinished",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PullStarted:
+    """The plan is made: ``files``/``bytes`` to fetch, ``skipped`` already complete."""
+
+    backend: str
+    bucket: str
+    files: int
+    bytes: int
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileQueued:
+    path: str
+    size: int
+    parts: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileSkipped:
+    path: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BytesTransferred:
+    """Bytes written for ``path``; negative when a failed attempt's bytes are discarded."""
+
+    path: str
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    """One GET ended: ``status`` is the HTTP status or an error reason."""
+
+    path: str
+    status: str
+    first_byte_seconds: float
+    seconds: float
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartRetried:
+    path: str
+    reason: str
+    attempt: int
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class FileVerified:
+    """A checksum of ``kind`` (crc64ecma, crc32c, md5, size, ...) matched."""
+
+    path: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileDone:
+    path: str
+    size: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class FileFailed:
+    path: str
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class PullFinished:
+    files: int
+    bytes: int
+    seconds: float
+    ok: bool
+
+
+Event = (
+    PullStarted
+    | FileQueued
+    | FileSkipped
+    | BytesTransferred
+    | RequestFinished
+    | PartRetried
+    | FileVerified
+    | FileDone
+    | FileFailed
+    | PullFinished
+)
+Observer = Callable[[Event], None]
