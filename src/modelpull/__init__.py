@@ -1,5 +1,63 @@
-"""modelpull: pull model folders from S3-compatible object stores."""
+"""modelpull: pull model folders from S3-compatible object stores, fast and never half-written.
+
+>>> import modelpull
+>>> result = modelpull.pull("s3://bucket/models/llama/", "/models/llama")  # doctest: +SKIP
+"""
 
 from modelpull._version import __version__
+from modelpull.api import PullResult, list_objects, pull
+from modelpull.backends.base import ObjectInfo
+from modelpull.config import PullConfig
+from modelpull.credentials import Credentials
+from modelpull.engine import FileOutcome
+from modelpull.errors import (
+    AccessDeniedError,
+    BackendUnavailableError,
+    BucketNotFoundError,
+    DestinationError,
+    DiskFullError,
+    EndpointError,
+    IntegrityError,
+    InterruptedPullError,
+    InvalidURIError,
+    ModelPullError,
+    NotFoundError,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    RetriesExhaustedError,
+    StoreError,
+    TransientStoreError,
+    UnsafePathError,
+    UsageError,
+)
+from modelpull.plan import RemoteFile
 
-__all__ = ["__version__"]
+__all__ = [
+    "AccessDeniedError",
+    "BackendUnavailableError",
+    "BucketNotFoundError",
+    "Credentials",
+    "DestinationError",
+    "DiskFullError",
+    "EndpointError",
+    "FileOutcome",
+    "IntegrityError",
+    "InterruptedPullError",
+    "InvalidURIError",
+    "ModelPullError",
+    "NotFoundError",
+    "ObjectChangedError",
+    "ObjectInfo",
+    "ObjectNotFoundError",
+    "PullConfig",
+    "PullResult",
+    "RemoteFile",
+    "RetriesExhaustedError",
+    "StoreError",
+    "TransientStoreError",
+    "UnsafePathError",
+    "UsageError",
+    "__version__",
+    "list_objects",
+    "pull",
+]

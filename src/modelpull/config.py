@@ -290,9 +290,11 @@ def reference_markdown() -> str:
         else:
             shown = "unset" if default is None else str(default).lower()
         envs = ", ".join(f"`{name}`" for name in f.metadata["env"])
-        lines.append(f"| `{f.name}` | {shown} | {f.metadata['unit']} | {envs} | {f.metadata['doc']} |")
+        lines.append(
+            f"| `{f.name}` | {shown} | {f.metadata['unit']} | {envs} | {f.metadata['doc']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    print(reference_markdown(), end="")  # noqa: T201
+    print(reference_markdown(), end="")

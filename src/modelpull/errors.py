@@ -63,7 +63,11 @@ class InvalidURIError(UsageError):
 
 
 class DestinationError(ModelPullError, OSError):
-    """The destination folder cannot be used as asked."""
+    """The destination folder cannot be used as asked; ``errno`` is kept when there is one."""
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class DiskFullError(DestinationError):
@@ -147,11 +151,10 @@ class ObjectChangedError(StoreError):
 class TransientStoreError(StoreError):
     """A failure that a later attempt may not see: 5xx, throttling, reset, short body.
 
-    ``bytes_done`` is how many bytes of the request's range arrived intact before the
-    failure, so a retry can resume from there.
+    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one.
     """
 
-    bytes_done: int = 0
+    retry_after: float | None = None
 
 
 class RetriesExhaustedError(StoreError):

@@ -64,7 +64,7 @@ class Backend(Protocol):
         buffer: memoryview,
         sink: ChunkSink,
     ) -> RangeResult:
-        """GET bytes ``[start, end)`` of ``obj`` into ``buffer``, passing each filled piece to ``sink``.
+        """GET bytes ``[start, end)`` of ``obj`` into ``buffer``, each piece passed to ``sink``.
 
         The request carries ``If-Match`` with the object's ETag and the response's ETag
         is checked too, so a replaced object raises

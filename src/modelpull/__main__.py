@@ -1,0 +1,7 @@
+"""``python -m modelpull``."""
+
+import sys
+
+from modelpull.cli import main
+
+sys.exit(main())

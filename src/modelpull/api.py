@@ -1,0 +1,195 @@
+"""The Python API: :func:`pull` and :func:`list_objects`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelpull.backends import make_backend
+from modelpull.config import PullConfig
+from modelpull.credentials import Credentials
+from modelpull.engine import Engine, FileOutcome
+from modelpull.errors import DestinationError
+from modelpull.events import (
+    BytesTransferred,
+    Event,
+    Observer,
+    PartRetried,
+    PullFinished,
+    PullStarted,
+)
+from modelpull.plan import RemoteFile, list_remote, select
+from modelpull.uri import parse_uri
+
+__all__ = ["PullResult", "list_objects", "pull"]
+
+log = logging.getLogger("modelpull")
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What a pull did. ``bytes_downloaded`` counts object bytes written, retries included."""
+
+    uri: str
+    dest: str
+    backend: str
+    files_fetched: int
+    files_skipped: int
+    bytes_downloaded: int
+    seconds: float
+    files: tuple[FileOutcome, ...] = ()
+    retries: dict[str, int] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mb_per_s(self) -> float:
+        """Decimal megabytes per second over the whole pull."""
+        return self.bytes_downloaded / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``: no credentials, no exceptions objects."""
+        return {
+            "uri": self.uri,
+            "dest": self.dest,
+            "backend": self.backend,
+            "files_fetched": self.files_fetched,
+            "files_skipped": self.files_skipped,
+            "bytes_downloaded": self.bytes_downloaded,
+            "seconds": round(self.seconds, 3),
+            "mb_per_s": round(self.mb_per_s, 1),
+            "retries": dict(self.retries),
+            "files": [
+                {"path": f.path, "size": f.size, "status": f.status, "seconds": round(f.seconds, 3)}
+                for f in self.files
+            ],
+            "config": self.config,
+        }
+
+
+class _Tally:
+    """Counts what the run report needs; one more observer of the engine."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.retries: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, BytesTransferred):
+            with self._lock:
+                self.bytes += event.bytes
+        elif isinstance(event, PartRetried):
+            with self._lock:
+                self.retries[event.reason] += 1
+
+
+def _dispatcher(observers: Sequence[Observer]) -> Callable[[Event], None]:
+    broken: set[int] = set()
+
+    def emit(event: Event) -> None:
+        for index, observer in enumerate(observers):
+            if index in broken:
+                continue
+            try:
+                observer(event)
+            except Exception:
+                broken.add(index)
+                log.exception("observer %r failed and is now ignored", observer)
+
+    return emit
+
+
+def _check_dest(dest: Path) -> None:
+    """Fail before any network traffic when DEST cannot be a writable folder."""
+    probe = dest
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "DEST" if probe == dest else f"{probe} (in DEST's path)"
+        raise DestinationError(f"{what} is not a folder: {dest}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DestinationError(f"cannot write to {probe}: permission denied - choose another DEST")
+
+
+def pull(
+    uri: str,
+    dest: str | os.PathLike[str],
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    config: PullConfig | None = None,
+    credentials: Credentials | None = None,
+    observers: Sequence[Observer] = (),
+) -> PullResult:
+    """Pull the object or folder at ``uri`` into the folder ``dest``.
+
+    ``include``/``exclude`` are globs on the path relative to the URI's folder. ``config``
+    defaults to :meth:`PullConfig.from_env` (read now). Files already complete in
+    ``dest`` (same ETag and size as recorded) are skipped unless ``config.force``.
+    ``observers`` receive :mod:`modelpull.events` from worker threads.
+    Raises :class:`~modelpull.errors.ModelPullError` subclasses only.
+    """
+    cfg = config if config is not None else PullConfig.from_env()
+    target = Path(dest)
+    parsed = parse_uri(uri)
+    _check_dest(target)
+    started = time.monotonic()
+    tally = _Tally()
+    emit = _dispatcher([tally, *observers])
+    backend = make_backend(cfg, credentials)
+    ok = False
+    try:
+        files = select(list_remote(backend, parsed), include, exclude)
+        target.mkdir(parents=True, exist_ok=True)
+        engine = Engine(backend, cfg, emit)
+        emit(
+            PullStarted(
+                backend=backend.name,
+                bucket=parsed.bucket,
+                files=len(files),
+                bytes=sum(f.obj.size for f in files),
+                skipped=0,
+            )
+        )
+        outcomes = engine.run(parsed.bucket, files, target)
+        ok = True
+    finally:
+        seconds = time.monotonic() - started
+        emit(PullFinished(files=0, bytes=tally.bytes, seconds=seconds, ok=ok))
+        backend.close()
+    return PullResult(
+        uri=uri,
+        dest=str(target),
+        backend=backend.name,
+        files_fetched=sum(1 for o in outcomes if o.status == "fetched"),
+        files_skipped=sum(1 for o in outcomes if o.status == "skipped"),
+        bytes_downloaded=tally.bytes,
+        seconds=seconds,
+        files=tuple(sorted(outcomes, key=lambda o: o.path)),
+        retries=dict(tally.retries),
+        config=cfg.describe(),
+    )
+
+
+def list_objects(
+    uri: str,
+    *,
+    config: PullConfig | None = None,
+    credentials: Credentials | None = None,
+) -> list[RemoteFile]:
+    """The files :func:`pull` would consider for ``uri``, sorted by relative path."""
+    cfg = config if config is not None else PullConfig.from_env()
+    backend = make_backend(cfg, credentials)
+    try:
+        return list_remote(backend, parse_uri(uri))
+    finally:
+        backend.close()

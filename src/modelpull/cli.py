@@ -1,0 +1,268 @@
+"""The ``modelpull`` command: parse arguments, build a config, call the library, map errors.
+
+Every error reaches the user through :data:`EXIT_CODES`: one line on stderr and a
+documented exit status, never a traceback (``-v`` adds the traceback for bug reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import warnings
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any, NoReturn
+
+from modelpull import errors
+from modelpull._version import __version__
+from modelpull.api import PullResult, list_objects, pull
+from modelpull.config import PullConfig
+from modelpull.engine import StopSignal
+from modelpull.observe.progress import ProgressDisplay
+from modelpull.units import format_size, parse_size
+
+__all__ = ["EXIT_CODES", "main"]
+
+log = logging.getLogger("modelpull")
+
+# Most specific first: the first matching class decides. Documented in the README.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (errors.UsageError, 2),
+    (errors.NotFoundError, 3),
+    (errors.AccessDeniedError, 4),
+    (errors.EndpointError, 5),
+    (errors.DiskFullError, 6),
+    (errors.UnsafePathError, 6),
+    (errors.DestinationError, 6),
+    (errors.IntegrityError, 7),
+    (errors.ObjectChangedError, 8),
+    (errors.BackendUnavailableError, 9),
+    (errors.StoreError, 10),
+    (errors.ModelPullError, 1),
+)
+EXIT_INTERRUPTED = 128  # plus the signal number: 130 for Ctrl-C, 143 for SIGTERM
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit status for an exception, from :data:`EXIT_CODES`."""
+    if isinstance(exc, errors.InterruptedPullError):
+        return EXIT_INTERRUPTED + exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED + getattr(exc, "signum", signal.SIGINT)
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"modelpull: error: {message}\n")
+
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("store connection")
+    group.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (env AWS_ENDPOINT_URL)")
+    group.add_argument("--region", help="signing region (env AWS_REGION)")
+    group.add_argument("--profile", help="AWS profile name (env AWS_PROFILE)")
+    group.add_argument(
+        "--addressing-style",
+        metavar="{auto,path,virtual}",
+        help="bucket in host name or path (env MODELPULL_ADDRESSING_STYLE; default auto)",
+    )
+    group.add_argument("--ca-bundle", metavar="PEM", help="CA certificates to trust")
+    group.add_argument(
+        "--no-verify-ssl",
+        action="store_true",
+        help="do not verify TLS certificates (insecure; prints a warning)",
+    )
+    group.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    group.add_argument("-q", "--quiet", action="store_true", help="errors only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="modelpull",
+        description="Pull model folders from S3-compatible object stores, fast and verified.",
+        epilog="Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 access denied or no "
+        "credentials, 5 endpoint unreachable, 6 destination (not a folder, not writable, disk "
+        "full, unsafe key), 7 integrity, 8 object changed during the pull, 9 optional backend "
+        "missing, 10 other store error, 130/143 interrupted (resume by running it again).",
+    )
+    parser.add_argument("--version", action="version", version=f"modelpull {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    p = commands.add_parser("pull", help="pull an object or a folder into DEST")
+    p.add_argument("uri", metavar="URI", help="s3://BUCKET/KEY or s3://BUCKET/PREFIX/")
+    p.add_argument("dest", metavar="DEST", help="local folder (created if missing)")
+    p.add_argument("--include", action="append", metavar="GLOB", help="only paths matching")
+    p.add_argument("--exclude", action="append", metavar="GLOB", help="skip paths matching")
+    p.add_argument("--concurrency", metavar="N", help="requests in flight (default 16)")
+    p.add_argument("--part-size", metavar="SIZE", help="bytes per ranged GET (default 32MiB)")
+    p.add_argument("--io-chunk-size", metavar="SIZE", help="read buffer per request (1MiB)")
+    p.add_argument("--max-attempts", metavar="N", help="attempts per request (default 5)")
+    p.add_argument("--force", action="store_true", help="fetch files even if complete")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _connection_options(p)
+
+    ls = commands.add_parser("ls", help="list the files a URI names")
+    ls.add_argument("uri", metavar="URI")
+    ls.add_argument("--json", action="store_true", help="one JSON object per file")
+    _connection_options(ls)
+
+    demo = commands.add_parser(
+        "demo", help="pull a generated sample model from a local S3 server (rclone)"
+    )
+    demo.add_argument("--keep", metavar="DIR", help="pull into DIR and keep it")
+    demo.add_argument("--no-progress", action="store_true", help="no progress display")
+    return parser
+
+
+def _int_flag(value: str | None, flag: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise errors.UsageError(f"{flag} must be a whole number, not {value!r}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> PullConfig:
+    """Environment first, then flags on top, into the one config object."""
+    overrides: dict[str, Any] = {
+        "endpoint_url": args.endpoint_url,
+        "region": args.region,
+        "profile": args.profile,
+        "addressing_style": args.addressing_style,
+        "ca_bundle": args.ca_bundle,
+    }
+    if args.no_verify_ssl:
+        overrides["verify_ssl"] = False
+    if args.command == "pull":
+        overrides["concurrency"] = _int_flag(args.concurrency, "--concurrency")
+        overrides["max_attempts"] = _int_flag(args.max_attempts, "--max-attempts")
+        for name in ("part_size", "io_chunk_size"):
+            value = getattr(args, name)
+            flag = "--" + name.replace("_", "-")
+            overrides[name] = parse_size(value, what=flag) if value is not None else None
+        if args.force:
+            overrides["force"] = True
+    return PullConfig.from_env(**overrides)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    if not quiet and not verbose:
+        level = logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("modelpull: %(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _warn_insecure(config: PullConfig) -> None:
+    if not config.verify_ssl:
+        log.warning("TLS certificate verification is OFF: anyone on the path can alter the model")
+        # One warning from us instead of one per request from urllib3.
+        warnings.filterwarnings("ignore", message="Unverified HTTPS request")
+
+
+def _print_summary(result: PullResult) -> None:
+    print(
+        f"pulled {result.files_fetched} files ({format_size(result.bytes_downloaded)}) "
+        f"in {result.seconds:.1f}s, {result.mb_per_s:.1f} MB/s; "
+        f"{result.files_skipped} already complete"
+        + (
+            f"; retries: {', '.join(f'{k}={v}' for k, v in sorted(result.retries.items()))}"
+            if result.retries
+            else ""
+        )
+    )
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    _warn_insecure(config)
+    with ProgressDisplay(enabled=False if args.no_progress else None) as progress:
+        result = pull(
+            args.uri,
+            args.dest,
+            include=args.include,
+            exclude=args.exclude,
+            config=config,
+            observers=[progress],
+        )
+    if args.json:
+        print(json.dumps({"ok": True, **result.to_dict()}, sort_keys=True))
+    else:
+        _print_summary(result)
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    _warn_insecure(config)
+    for item in list_objects(args.uri, config=config):
+        if args.json:
+            obj = item.obj
+            print(
+                json.dumps({"path": item.path, "key": obj.key, "size": obj.size, "etag": obj.etag})
+            )
+        else:
+            print(f"{item.obj.size:>14}  {item.path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from modelpull.demo import run_demo
+
+    status: int = run_demo(
+        keep=Path(args.keep) if args.keep else None,
+        progress=False if args.no_progress else None,
+    )
+    return status
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise StopSignal(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``modelpull`` and ``python -m modelpull``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        handler = {"pull": _cmd_pull, "ls": _cmd_ls, "demo": _cmd_demo}[args.command]
+        return handler(args)
+    except (errors.ModelPullError, KeyboardInterrupt) as exc:
+        code = exit_code(exc)
+        message = str(exc) if str(exc) else type(exc).__name__
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, errors.ModelPullError):
+            message = "interrupted; run the same command again to resume"
+        print(f"modelpull: error: {message}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps(_error_json(exc), sort_keys=True))
+        log.debug("details", exc_info=exc)
+        return code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _error_json(exc: BaseException) -> dict[str, Any]:
+    info: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    for name in ("bucket", "key", "status", "code", "request_id", "path"):
+        value = getattr(exc, name, None)
+        if value is not None:
+            info[name] = value
+    return {"ok": False, "exit_code": exit_code(exc), "error": info}

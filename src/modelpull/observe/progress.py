@@ -1,0 +1,167 @@
+"""Progress on stderr: a tqdm bar on a terminal, a periodic status line elsewhere.
+
+Container logs are not terminals: there a carriage-return bar would be one endless
+line, so a plain status line is printed every ``interval`` seconds instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from types import TracebackType
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from modelpull.events import (
+    BytesTransferred,
+    Event,
+    FileDone,
+    FileQueued,
+    FileSkipped,
+    PullFinished,
+)
+from modelpull.units import format_size
+
+__all__ = ["ProgressDisplay"]
+
+STATUS_INTERVAL = 10.0
+# Files at least this large get a bar of their own on a terminal while in flight.
+FILE_BAR_MIN_SIZE = 256 << 20
+MAX_FILE_BARS = 4
+
+
+class ProgressDisplay:
+    """An engine observer; use as a context manager around :func:`modelpull.pull`.
+
+    ``enabled=None`` shows progress only when ``stream`` is a terminal (bars) - pass
+    ``True`` to force it on a non-terminal (status lines), ``False`` for silence.
+    """
+
+    def __init__(
+        self,
+        enabled: bool | None = None,
+        *,
+        stream: TextIO | None = None,
+        interval: float = STATUS_INTERVAL,
+        tty: bool | None = None,
+    ) -> None:
+        self._stream = stream if stream is not None else sys.stderr
+        is_tty = self._stream.isatty() if tty is None else tty
+        self._enabled = is_tty if enabled is None else enabled
+        self._tty = is_tty
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._total = 0
+        self._done = 0
+        self._files_total = 0
+        self._files_done = 0
+        self._sizes: dict[str, int] = {}
+        self._file_bytes: dict[str, int] = {}
+        self._file_bars: dict[str, tqdm[Any]] = {}
+        self._bar: tqdm[Any] | None = None
+        self._started = time.monotonic()
+        self._stopped = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def __enter__(self) -> ProgressDisplay:
+        if self._enabled and self._tty:
+            self._bar = tqdm(
+                total=0,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=self._stream,
+                dynamic_ncols=True,
+                desc="pull",
+                mininterval=0.2,
+            )
+        elif self._enabled:
+            self._ticker = threading.Thread(target=self._tick, name="modelpull-status", daemon=True)
+            self._ticker.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stopped.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        with self._lock:
+            for bar in self._file_bars.values():
+                bar.close()
+            self._file_bars.clear()
+            if self._bar is not None:
+                self._bar.close()
+
+    def __call__(self, event: Event) -> None:
+        if not self._enabled:
+            return
+        with self._lock:
+            if isinstance(event, BytesTransferred):
+                self._done += event.bytes
+                if self._bar is not None:
+                    self._bar.update(event.bytes)
+                    file_bar = self._file_bars.get(event.path)
+                    if file_bar is not None:
+                        file_bar.update(event.bytes)
+            elif isinstance(event, FileQueued):
+                self._total += event.size
+                self._files_total += 1
+                self._sizes[event.path] = event.size
+                if self._bar is not None:
+                    self._bar.total = self._total
+                    self._bar.refresh()
+                    self._open_file_bar(event.path, event.size)
+            elif isinstance(event, FileSkipped):
+                self._files_total += 1
+                self._files_done += 1
+            elif isinstance(event, FileDone):
+                self._files_done += 1
+                bar = self._file_bars.pop(event.path, None)
+                if bar is not None:
+                    bar.close()
+                if self._bar is not None:
+                    self._bar.set_postfix_str(f"{self._files_done}/{self._files_total} files")
+            elif isinstance(event, PullFinished) and self._ticker is not None:
+                self._stream.write(self._status_line() + "\n")
+                self._stream.flush()
+
+    def _open_file_bar(self, path: str, size: int) -> None:
+        if size < FILE_BAR_MIN_SIZE or len(self._file_bars) >= MAX_FILE_BARS:
+            return
+        self._file_bars[path] = tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=self._stream,
+            dynamic_ncols=True,
+            desc=path if len(path) <= 40 else f"...{path[-37:]}",
+            leave=False,
+            position=len(self._file_bars) + 1,
+            mininterval=0.2,
+        )
+
+    def _status_line(self) -> str:
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        rate = self._done / elapsed
+        percent = 100.0 * self._done / self._total if self._total else 100.0
+        eta = (self._total - self._done) / rate if rate > 0 else float("inf")
+        eta_text = f"{eta:.0f}s" if eta != float("inf") else "?"
+        return (
+            f"modelpull: {format_size(self._done)} / {format_size(self._total)} "
+            f"({percent:.0f}%), {self._files_done}/{self._files_total} files, "
+            f"{rate / 1e6:.1f} MB/s, ETA {eta_text}"
+        )
+
+    def _tick(self) -> None:
+        while not self._stopped.wait(self._interval):
+            with self._lock:
+                line = self._status_line()
+            self._stream.write(line + "\n")
+            self._stream.flush()

@@ -1,0 +1,120 @@
+"""From a URI to the list of files to pull: listing, relative paths, filters, safety.
+
+Object keys are untrusted input: a key that is absolute, has ``.``/``..`` or empty
+segments, a backslash or a NUL, or that would write into modelpull's own state folder is
+refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from modelpull.backends.base import Backend, ObjectInfo
+from modelpull.errors import DestinationError, ObjectNotFoundError, UnsafePathError
+from modelpull.state import STATE_DIR
+from modelpull.uri import ObjectURI
+
+__all__ = ["RemoteFile", "list_remote", "matches", "safe_relpath", "select"]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    """One object to pull and the POSIX path, relative to DEST, it lands at."""
+
+    obj: ObjectInfo
+    path: str
+
+
+def safe_relpath(key: str, prefix: str) -> str:
+    """The path of ``key`` under DEST, relative and normalised, or :class:`UnsafePathError`."""
+    rel = key[len(prefix) :]
+    segments = rel.split("/")
+    problem = None
+    if not rel:
+        problem = "it is empty"
+    elif key.startswith("/") or rel.startswith("/"):
+        problem = "it is absolute"
+    elif "\x00" in rel or "\\" in rel:
+        problem = "it contains a NUL or a backslash"
+    elif any(seg in ("", ".", "..") for seg in segments):
+        problem = "it has an empty, '.' or '..' segment"
+    elif segments[0] == STATE_DIR:
+        problem = f"it would write into modelpull's {STATE_DIR}/ folder"
+    if problem is not None:
+        raise UnsafePathError(
+            f"refusing object key {key!r}: {problem}, so it could land outside DEST "
+            "(object keys are untrusted input)",
+            key=key,
+        )
+    return posixpath.normpath(rel)
+
+
+def list_remote(backend: Backend, uri: ObjectURI) -> list[RemoteFile]:
+    """The files a URI names, sorted by path.
+
+    An exact key is one file named after its last segment; otherwise the URI is a folder
+    (``s3://b/model`` means ``s3://b/model/``, as AIBrix reads it). Folder markers
+    (keys ending in ``/``) are not files.
+    """
+    if not uri.is_folder:
+        try:
+            obj = backend.head(uri.bucket, uri.key)
+        except ObjectNotFoundError:
+            pass
+        else:
+            name = uri.key.rsplit("/", 1)[-1]
+            return [RemoteFile(obj=obj, path=safe_relpath(name, ""))]
+    prefix = uri.key if uri.is_folder else f"{uri.key}/"
+    files = [
+        RemoteFile(obj=obj, path=safe_relpath(obj.key, prefix))
+        for obj in backend.list(uri.bucket, prefix)
+        if not obj.key.endswith("/")
+    ]
+    if not files:
+        raise ObjectNotFoundError(
+            f"nothing at {uri.scheme}://{uri.bucket}/{prefix}: no such key and no objects "
+            "under that prefix - check the path (keys are case-sensitive)",
+            bucket=uri.bucket,
+            key=prefix,
+        )
+    _check_conflicts(f.path for f in files)
+    return sorted(files, key=lambda f: f.path)
+
+
+def _check_conflicts(paths: Iterable[str]) -> None:
+    seen = set(paths)
+    for path in seen:
+        parent = posixpath.dirname(path)
+        while parent:
+            if parent in seen:
+                raise DestinationError(
+                    f"objects {parent!r} and {path!r} cannot both be files: one would be the "
+                    "other's folder"
+                )
+            parent = posixpath.dirname(parent)
+
+
+def _expand(pattern: str) -> str:
+    # "tokenizer/" means the whole folder, as in huggingface_hub's allow_patterns.
+    return f"{pattern}*" if pattern.endswith("/") else pattern
+
+
+def matches(path: str, patterns: Sequence[str]) -> bool:
+    """True when ``path`` matches one of the globs (``*`` also crosses ``/``)."""
+    return any(fnmatch.fnmatchcase(path, _expand(p)) for p in patterns)
+
+
+def select(
+    files: Sequence[RemoteFile],
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> list[RemoteFile]:
+    """Keep the files matching an ``include`` glob (all when none) and no ``exclude`` glob."""
+    return [
+        f
+        for f in files
+        if (not include or matches(f.path, include)) and not (exclude and matches(f.path, exclude))
+    ]
