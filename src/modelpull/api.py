@@ -117,7 +117,10 @@ def _check_dest(dest: Path) -> None:
         what = "DEST" if probe == dest else f"{probe} (in DEST's path)"
         raise DestinationError(f"{what} is not a folder: {dest}")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise DestinationError(f"cannot write to {probe}: permission denied - choose another DEST")
+        raise DestinationError(
+            f"cannot write to {probe}: not writable (permission denied or read-only file "
+            "system) - choose another DEST"
+        )
 
 
 def pull(
@@ -149,7 +152,12 @@ def pull(
     ok = False
     try:
         files = select(list_remote(backend, parsed), include, exclude)
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DestinationError(
+                f"cannot create {target}: {exc.strerror or exc}", errno=exc.errno
+            ) from exc
         engine = Engine(backend, cfg, emit)
         emit(
             PullStarted(

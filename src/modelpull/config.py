@@ -274,7 +274,7 @@ def reference_markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from `modelpull.config.PullConfig` by `python -m modelpull.config`;",
+        "Generated from `modelpull.config.PullConfig` by `reference_markdown()` in that module;",
         "a test fails when this page and the code disagree.",
         "",
         "Precedence: CLI flag, then Python keyword, then the first environment variable set,",

@@ -3,14 +3,20 @@
 Each worker owns one buffer of ``io_chunk_size`` bytes, reads a ranged GET into it and
 writes each piece at its offset (``os.pwrite``) into the file's preallocated temp file,
 so no single writer thread carries every byte and memory stays
-``concurrency x io_chunk_size`` whatever the model's size. A file is renamed into place
-only when all its parts are written (and verified); a final name never holds a partial
-file. The engine reports what happens as events (:mod:`modelpull.events`); it never
-draws progress or counts metrics itself.
+``concurrency x io_chunk_size`` whatever the model's size. CRCs are computed per part
+by the worker that holds the bytes, then combined. A file is renamed into place only
+when all its parts are written and verified: a final name never holds a partial or
+unverified file. The engine reports what happens as events (:mod:`modelpull.events`);
+it never draws progress or counts metrics itself.
+
+A file's life: pending -> active (locked, temp file open, maybe resumed from its
+journal) -> done, or -> restarting (its object changed, or its bytes failed
+verification: refetched from scratch, a bounded number of times) -> active again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -18,19 +24,22 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock
 
-from modelpull.backends.base import Backend
+from modelpull.backends.base import Backend, ObjectInfo
 from modelpull.config import PullConfig
 from modelpull.errors import (
     DestinationError,
     DiskFullError,
+    IntegrityError,
     InterruptedPullError,
     ModelPullError,
+    ObjectChangedError,
     RetriesExhaustedError,
     StoreError,
     UnsafePathError,
@@ -41,10 +50,15 @@ from modelpull.events import (
     FileDone,
     FileFailed,
     FileQueued,
+    FileResumed,
     FileSkipped,
+    FileVerified,
     PartRetried,
 )
+from modelpull.integrity import Verifier
+from modelpull.journal import Journal
 from modelpull.plan import RemoteFile
+from modelpull.ratelimit import RateLimiter
 from modelpull.retry import RetryPolicy
 from modelpull.state import Record, StateDir
 
@@ -53,9 +67,11 @@ __all__ = ["Engine", "FileOutcome", "StopSignal"]
 log = logging.getLogger("modelpull")
 
 # Headroom asked for beyond the bytes to fetch before a pull starts.
-FREE_SPACE_MARGIN = 64 << 20
+FREE_SPACE_MARGIN = 16 << 20
 # How long a stopping pull waits for workers to notice before leaving them behind.
 STOP_GRACE_SECONDS = 1.5
+# Whole-file refetches after the object changed or its bytes failed verification.
+MAX_REFETCHES = 2
 
 
 @dataclass
@@ -66,46 +82,90 @@ class FileOutcome:
     size: int
     status: str
     seconds: float = 0.0
+    verified: tuple[str, ...] = ()
+    resumed_bytes: int = 0
     error: BaseException | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     remote: RemoteFile
     final: Path
     temp: Path
-    parts: int
-    remaining: int
-    mutex: threading.Lock = field(default_factory=threading.Lock)
+    state: str = "pending"  # pending, active, restarting, done, failed, reused
+    generation: int = 0
+    parts: list[tuple[int, int]] = field(default_factory=list)
+    journal: Journal | None = None
+    verifier: Verifier | None = None
+    inflight: int = 0
+    refetches: int = 0
+    written: int = 0
     fd: int | None = None
     lock: FileLock | None = None
     started: float = 0.0
-    reused: bool = False
+    resumed_bytes: int = 0
     outcome: FileOutcome | None = None
+    mutex: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def path(self) -> str:
         return self.remote.path
 
+    @property
+    def obj(self) -> ObjectInfo:
+        return self.remote.obj
+
+
+_Item = tuple[_Job, int, int]  # job, generation, part index
+
+
+class _Queue:
+    """Parts waiting for a worker; workers wait while files may still add parts."""
+
+    def __init__(self, open_jobs: int) -> None:
+        self._items: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._open_jobs = open_jobs
+        self._closed = False
+
+    def put(self, items: Sequence[_Item], *, front: bool = False) -> None:
+        with self._cond:
+            if front:
+                self._items.extendleft(reversed(items))
+            else:
+                self._items.extend(items)
+            self._cond.notify_all()
+
+    def get(self) -> _Item | None:
+        with self._cond:
+            while not self._items and self._open_jobs > 0 and not self._closed:
+                self._cond.wait()
+            return self._items.popleft() if self._items and not self._closed else None
+
+    def job_ended(self) -> None:
+        with self._cond:
+            self._open_jobs -= 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
 
 class Engine:
     """Runs one pull of already-listed files into DEST."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        config: PullConfig,
-        emit: Callable[[Event], None],
-        cancel: threading.Event | None = None,
-    ) -> None:
+    def __init__(self, backend: Backend, config: PullConfig, emit: Callable[[Event], None]) -> None:
         self._backend = backend
         self._config = config
         self._emit = emit
-        self._cancel = cancel or threading.Event()
-        self._stop = threading.Event()  # set on cancel or on the first permanent failure
+        self._stop = threading.Event()  # set on interruption or the first permanent failure
         self._error: BaseException | None = None
         self._error_lock = threading.Lock()
         self._retry = RetryPolicy(max_attempts=config.max_attempts, deadline=config.deadline)
+        self._limiter = RateLimiter(config.max_bandwidth) if config.max_bandwidth else None
+        self._queue = _Queue(0)
 
     # -- planning ---------------------------------------------------------------------
 
@@ -119,6 +179,8 @@ class Engine:
             self._state.create()
         except OSError as exc:
             raise _dest_error(exc, dest) from exc
+        if not self._state.root.resolve().is_relative_to(self._dest_real):
+            raise UnsafePathError(f"{self._state.root} leads outside DEST", key="")
         outcomes: list[FileOutcome] = []
         jobs: list[_Job] = []
         for remote in files:
@@ -127,28 +189,33 @@ class Engine:
                 self._emit(FileSkipped(path=remote.path, size=remote.obj.size))
                 outcomes.append(FileOutcome(remote.path, remote.obj.size, "skipped"))
                 continue
-            parts = max(1, -(-remote.obj.size // self._config.part_size))
-            jobs.append(
-                _Job(
-                    remote=remote,
-                    final=final,
-                    temp=self._state.temp_path(remote.path),
-                    parts=parts,
-                    remaining=parts,
-                )
-            )
+            job = _Job(remote=remote, final=final, temp=self._state.temp_path(remote.path))
+            job.parts = self._split(remote.obj.size)
+            jobs.append(job)
         self._check_free_space(jobs)
+        # Small files first: configs and tokenizers land early, shards keep workers busy.
+        jobs.sort(key=lambda j: (j.obj.size, j.path))
+        self._queue = _Queue(len(jobs))
         for job in jobs:
-            self._emit(FileQueued(path=job.path, size=job.remote.obj.size, parts=job.parts))
+            self._emit(FileQueued(path=job.path, size=job.obj.size, parts=len(job.parts)))
+            self._queue.put([(job, 0, i) for i in range(len(job.parts))])
         self._work(jobs)
         outcomes.extend(job.outcome for job in jobs if job.outcome is not None)
         return outcomes
 
+    def _split(self, size: int) -> list[tuple[int, int]]:
+        step = self._config.part_size
+        return [(start, min(size, start + step)) for start in range(0, size, step)] or [(0, 0)]
+
     def _check_free_space(self, jobs: Sequence[_Job]) -> None:
-        needed = sum(job.remote.obj.size for job in jobs)
+        needed = sum(job.obj.size for job in jobs)
         if not needed:
             return
         free = shutil.disk_usage(self._state.incomplete).free
+        # Temp files kept from an interrupted pull already hold their space.
+        for job in jobs:
+            with contextlib.suppress(OSError):
+                needed -= min(job.temp.stat().st_blocks * 512, job.obj.size)
         if free < needed + FREE_SPACE_MARGIN:
             raise DiskFullError(
                 f"not enough free space in {self._dest}: {needed} bytes to fetch, "
@@ -156,42 +223,24 @@ class Engine:
                 errno=errno.ENOSPC,
             )
 
-    def _parts(self, jobs: Sequence[_Job]) -> Iterator[tuple[_Job, int, int]]:
-        # Small files first: configs and tokenizers land early, shards keep every worker busy.
-        size = self._config.part_size
-        for job in sorted(jobs, key=lambda j: (j.remote.obj.size, j.path)):
-            total = job.remote.obj.size
-            for index in range(job.parts):
-                yield job, index * size, min(total, (index + 1) * size)
-
     # -- workers ----------------------------------------------------------------------
 
     def _work(self, jobs: Sequence[_Job]) -> None:
-        parts = self._parts(jobs)
-        parts_lock = threading.Lock()
-
-        def next_part() -> tuple[_Job, int, int] | None:
-            with parts_lock:
-                return next(parts, None)
-
-        total_parts = sum(job.parts for job in jobs)
+        total_parts = sum(len(job.parts) for job in jobs)
         workers = [
-            threading.Thread(
-                target=self._worker, args=(next_part,), name=f"modelpull-{i}", daemon=True
-            )
+            threading.Thread(target=self._worker, name=f"modelpull-{i}", daemon=True)
             for i in range(min(self._config.concurrency, total_parts))
         ]
         for thread in workers:
             thread.start()
         try:
             for thread in workers:
-                # Short joins keep the main thread responsive to KeyboardInterrupt.
+                # Short joins keep the main thread responsive to Ctrl-C and SIGTERM.
                 while thread.is_alive():
                     thread.join(0.2)
-                    if self._cancel.is_set():
-                        raise KeyboardInterrupt
         except KeyboardInterrupt as exc:
             self._stop.set()
+            self._queue.close()
             deadline = time.monotonic() + STOP_GRACE_SECONDS
             for thread in workers:
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -204,118 +253,214 @@ class Engine:
         if self._error is not None:
             raise self._error
 
-    def _worker(self, next_part: Callable[[], tuple[_Job, int, int] | None]) -> None:
+    def _worker(self) -> None:
         buffer = memoryview(bytearray(self._config.io_chunk_size))
-        while not self._stop.is_set():
-            item = next_part()
-            if item is None:
-                return
-            job, start, end = item
-            if job.outcome is not None:
-                continue  # the file failed, or another process completed it
+        while (item := self._queue.get()) is not None:
+            job, generation, index = item
             try:
-                if self._open(job):
-                    self._fetch(job, start, end, buffer)
-                self._part_done(job)
+                if not self._begin_part(job, generation, index):
+                    continue
+                crcs: dict[str, int] | None = None
+                try:
+                    crcs = self._fetch(job, index, buffer)
+                finally:
+                    self._end_part(job, generation, index, crcs)
+            except _Stopped:
+                pass
             except BaseException as exc:  # reported to the main thread, never lost
-                self._fail(job, exc)
+                try:
+                    if not (isinstance(exc, ObjectChangedError) and self._restart(job, exc)):
+                        self._fail(job, exc)
+                except _Stopped:
+                    pass
+                except BaseException as again:
+                    self._fail(job, again)
 
-    def _open(self, job: _Job) -> bool:
-        """Lock and create the temp file on first use; False when nothing is left to fetch."""
+    def _begin_part(self, job: _Job, generation: int, index: int) -> bool:
         with job.mutex:
-            if job.reused or job.outcome is not None:
+            if job.state == "pending":
+                self._open(job)
+            if job.state != "active" or generation != job.generation:
                 return False
-            if job.fd is not None:
-                return True
-            job.lock = FileLock(self._state.lock_path(job.path))
-            job.lock.acquire()
-            # Another process may have completed the file while we waited for its lock.
-            if not self._config.force and self._state.is_complete(
-                job.path, job.final, job.remote.obj
-            ):
-                job.reused = True
+            if job.journal is not None and index in job.journal.done:
+                self._check_complete(job)
                 return False
-            job.started = time.monotonic()
-            try:
-                fd = os.open(job.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-                size = job.remote.obj.size
-                if size:
-                    try:
-                        os.posix_fallocate(fd, 0, size)
-                    except OSError as exc:
-                        if exc.errno == errno.ENOSPC:
-                            raise
-                        os.ftruncate(fd, size)  # filesystems without fallocate
-            except OSError as exc:
-                raise _dest_error(exc, job.temp) from exc
-            job.fd = fd
+            job.inflight += 1
             return True
 
-    def _fetch(self, job: _Job, start: int, end: int, buffer: memoryview) -> None:
+    def _open(self, job: _Job) -> None:
+        """Lock the file, check nobody completed it meanwhile, open or resume its temp file."""
+        job.lock = FileLock(self._state.lock_path(job.path))
+        job.lock.acquire()
+        # Another process may have completed the file while we waited for its lock.
+        if not self._config.force and self._state.is_complete(job.path, job.final, job.obj):
+            job.state = "reused"
+            job.outcome = FileOutcome(job.path, job.obj.size, "skipped")
+            self._emit(FileSkipped(path=job.path, size=job.obj.size))
+            self._release(job)
+            self._queue.job_ended()
+            return
+        if self._config.verify != "off":
+            # HEAD asks for the checksums a listing lacks, and sees a replaced object.
+            fresh = self._call(lambda: self._backend.head(self._bucket, job.obj.key))
+            if fresh.etag != job.obj.etag or fresh.size != job.obj.size:
+                job.remote = RemoteFile(obj=fresh, path=job.path)
+                job.parts = self._split(fresh.size)
+            else:
+                job.remote = RemoteFile(obj=fresh, path=job.path)
+        job.verifier = Verifier.for_object(job.obj, self._config.verify, path=job.path)
+        job.started = time.monotonic()
+        journal_path = job.temp.with_suffix(".journal")
+        journal = Journal.load(journal_path, job.obj, self._config.part_size, job.temp)
+        try:
+            flags = os.O_RDWR | os.O_CREAT | (0 if journal else os.O_TRUNC)
+            job.fd = os.open(job.temp, flags, 0o644)
+            if journal is None:
+                self._preallocate(job.fd, job.obj.size)
+        except OSError as exc:
+            raise _dest_error(exc, job.temp) from exc
+        if journal is None:
+            journal = Journal(journal_path, job.obj.etag, job.obj.size, self._config.part_size)
+            journal.remove()
+        elif journal.done:
+            job.resumed_bytes = sum(
+                e - s for i, (s, e) in enumerate(job.parts) if i in journal.done
+            )
+            self._emit(FileResumed(path=job.path, bytes=job.resumed_bytes))
+        job.journal = journal
+        job.state = "active"
+        self._check_complete(job)
+
+    @staticmethod
+    def _preallocate(fd: int, size: int) -> None:
+        if not size:
+            return
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            os.ftruncate(fd, size)  # filesystems without fallocate
+
+    def _fetch(self, job: _Job, index: int, buffer: memoryview) -> dict[str, int]:
         fd = job.fd
-        assert fd is not None
+        verifier = job.verifier
+        assert fd is not None and verifier is not None
+        start, end = job.parts[index]
+        obj = job.obj
         emit = self._emit
         path = job.path
+        stop = self._stop
+        limiter = self._limiter
+        hasher = verifier.part_hasher()
         offset = start
         attempt = 0
-        stop = self._stop
 
         def sink(view: memoryview) -> None:
             nonlocal offset
             if stop.is_set():
                 raise _Stopped
+            n = len(view)
+            if limiter is not None:
+                limiter.take(n, stop)
             written = 0
-            while written < len(view):
+            while written < n:
                 try:
                     written += os.pwrite(fd, view[written:], offset + written)
                 except OSError as exc:
                     raise _dest_error(exc, job.temp) from exc
-            offset += written
-            emit(BytesTransferred(path=path, bytes=written))
+            hasher.update(view)
+            offset += n
+            emit(BytesTransferred(path=path, bytes=n))
 
         while True:
             attempt += 1
             try:
-                self._backend.read_range(job.remote.obj, self._bucket, offset, end, buffer, sink)
-                return
+                self._backend.read_range(obj, self._bucket, offset, end, buffer, sink)
+                verifier.part_done(index, start, end, fd)
+                return hasher.values()
+            except ObjectChangedError:
+                raise
             except StoreError as exc:
                 # Bytes already written stay: the next attempt resumes where this one broke.
                 delay = self._retry.delay(attempt, exc)
                 if delay is None:
-                    if attempt > 1 and exc.reason is not None:
-                        raise RetriesExhaustedError(
-                            f"{path}: gave up after {attempt} attempts: {exc}",
-                            bucket=self._bucket,
-                            key=job.remote.obj.key,
-                            status=exc.status,
-                            code=exc.code,
-                            request_id=exc.request_id,
-                            reason=exc.reason,
-                        ) from exc
-                    raise
-                emit(
-                    PartRetried(
-                        path=path, reason=exc.reason or "error", attempt=attempt, delay=delay
-                    )
-                )
+                    raise self._gave_up(exc, job, attempt) from exc
+                reason = exc.reason or "error"
+                emit(PartRetried(path=path, reason=reason, attempt=attempt, delay=delay))
                 if stop.wait(delay):
                     raise _Stopped from None
 
-    def _part_done(self, job: _Job) -> None:
-        with job.mutex:
-            job.remaining -= 1
-            if job.remaining or job.outcome is not None:
-                return
-            if job.reused:
-                job.outcome = FileOutcome(job.path, job.remote.obj.size, "skipped")
-                self._emit(FileSkipped(path=job.path, size=job.remote.obj.size))
-                self._release(job)
-                return
-            self._finish(job)
+    def _gave_up(self, exc: StoreError, job: _Job, attempt: int) -> StoreError:
+        if attempt == 1 or exc.reason is None:
+            return exc
+        return RetriesExhaustedError(
+            f"{job.path}: gave up after {attempt} attempts: {exc}",
+            bucket=self._bucket,
+            key=job.obj.key,
+            status=exc.status,
+            code=exc.code,
+            request_id=exc.request_id,
+            reason=exc.reason,
+        )
 
-    def _finish(self, job: _Job) -> None:
-        fd = job.fd
-        assert fd is not None
+    def _call(self, fn: Callable[[], ObjectInfo]) -> ObjectInfo:
+        """A metadata request under the same retry policy as the parts."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except StoreError as exc:
+                delay = self._retry.delay(attempt, exc)
+                if delay is None:
+                    raise
+                self._emit(
+                    PartRetried(path="", reason=exc.reason or "error", attempt=attempt, delay=delay)
+                )
+                if self._stop.wait(delay):
+                    raise _Stopped from None
+
+    def _end_part(
+        self, job: _Job, generation: int, index: int, crcs: dict[str, int] | None
+    ) -> None:
+        with job.mutex:
+            job.inflight -= 1
+            if generation != job.generation:
+                if job.state == "restarting" and job.inflight == 0:
+                    self._do_restart(job)
+                return
+            if crcs is None or job.journal is None:
+                return
+            job.journal.done[index] = crcs
+            if len(job.parts) > 1:
+                if self._config.fsync and job.fd is not None:
+                    os.fdatasync(job.fd)
+                job.journal.save()
+            self._check_complete(job)
+
+    # -- completion -------------------------------------------------------------------
+
+    def _check_complete(self, job: _Job) -> None:
+        """With the job's mutex held: verify and place the file once every part is in."""
+        journal = job.journal
+        if job.state != "active" or journal is None or len(journal.done) < len(job.parts):
+            return
+        fd, verifier = job.fd, job.verifier
+        assert fd is not None and verifier is not None
+        try:
+            verified = verifier.verify(fd, job.parts, journal.done)
+        except IntegrityError as exc:
+            if job.refetches >= MAX_REFETCHES:
+                journal.remove()  # the bytes are bad: nothing worth resuming
+                raise
+            log.warning("%s; fetching it again", exc)
+            self._begin_restart(job)
+            if job.inflight == 0:
+                self._do_restart(job)
+            return
+        for kind in verified:
+            self._emit(FileVerified(path=job.path, kind=kind))
         try:
             if self._config.fsync:
                 os.fsync(fd)
@@ -324,10 +469,15 @@ class Engine:
             self._place(job)
         except OSError as exc:
             raise _dest_error(exc, job.final) from exc
+        journal.remove()
         seconds = time.monotonic() - job.started
-        job.outcome = FileOutcome(job.path, job.remote.obj.size, "fetched", seconds)
-        self._emit(FileDone(path=job.path, size=job.remote.obj.size, seconds=seconds))
+        job.state = "done"
+        job.outcome = FileOutcome(
+            job.path, job.obj.size, "fetched", seconds, tuple(verified), job.resumed_bytes
+        )
+        self._emit(FileDone(path=job.path, size=job.obj.size, seconds=seconds))
         self._release(job)
+        self._queue.job_ended()
 
     def _place(self, job: _Job) -> None:
         """Rename the complete temp file to its final name, inside DEST and nowhere else."""
@@ -337,14 +487,14 @@ class Engine:
         if not parent.resolve().is_relative_to(self._dest_real):
             raise UnsafePathError(
                 f"refusing to write {job.path!r}: {parent} leads outside DEST through a symlink",
-                key=job.remote.obj.key,
+                key=job.obj.key,
             )
         if job.final.is_dir() and not job.final.is_symlink():
             raise DestinationError(f"cannot write {job.final}: a folder is in the way")
         self._state.forget(job.path)
         job.temp.replace(job.final)
         st = job.final.stat()
-        obj = job.remote.obj
+        obj = job.obj
         self._state.write_record(
             Record(
                 path=job.path,
@@ -356,35 +506,78 @@ class Engine:
             )
         )
 
+    # -- refetching a whole file ------------------------------------------------------
+
+    def _restart(self, job: _Job, exc: ObjectChangedError) -> bool:
+        """Refetch a changed object from the start; False when the budget is spent."""
+        with job.mutex:
+            if job.state == "restarting":
+                return True  # another part of the same file saw the change first
+            if job.refetches >= MAX_REFETCHES or job.state != "active":
+                return False
+            log.warning("%s; fetching it again from the start", exc)
+            self._begin_restart(job)
+            if job.inflight == 0:
+                self._do_restart(job)
+            return True
+
+    def _begin_restart(self, job: _Job) -> None:
+        job.refetches += 1
+        job.generation += 1
+        job.state = "restarting"
+
+    def _do_restart(self, job: _Job) -> None:
+        """With the mutex held and no part in flight: start the file over, latest version."""
+        fresh = self._call(lambda: self._backend.head(self._bucket, job.obj.key))
+        undone = sum(
+            e - s for i, (s, e) in enumerate(job.parts) if job.journal and i in job.journal.done
+        )
+        if undone:
+            self._emit(BytesTransferred(path=job.path, bytes=-undone))
+        job.remote = RemoteFile(obj=fresh, path=job.path)
+        job.parts = self._split(fresh.size)
+        job.verifier = Verifier.for_object(fresh, self._config.verify, path=job.path)
+        job.resumed_bytes = 0
+        assert job.fd is not None and job.journal is not None
+        job.journal.remove()
+        job.journal = Journal(job.journal.path, fresh.etag, fresh.size, self._config.part_size)
+        try:
+            os.ftruncate(job.fd, 0)
+            self._preallocate(job.fd, fresh.size)
+        except OSError as exc:
+            raise _dest_error(exc, job.temp) from exc
+        job.state = "active"
+        self._queue.put([(job, job.generation, i) for i in range(len(job.parts))], front=True)
+
     # -- failure and cleanup ----------------------------------------------------------
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
-        if isinstance(exc, _Stopped):
-            return
         if not isinstance(exc, ModelPullError | OSError):
-            log.exception("unexpected error while pulling %s", job.path)
+            log.error("unexpected error while pulling %s", job.path, exc_info=exc)
         with job.mutex:
-            first_for_file = job.outcome is None or job.outcome.status != "failed"
-            job.outcome = FileOutcome(job.path, job.remote.obj.size, "failed", error=exc)
+            first_for_file = job.state != "failed"
+            if first_for_file and job.state not in ("done", "reused"):
+                job.state = "failed"
+                job.outcome = FileOutcome(job.path, job.obj.size, "failed", error=exc)
+                self._queue.job_ended()
         if first_for_file:
             self._emit(FileFailed(path=job.path, error=exc))
         with self._error_lock:
             if self._error is None:
                 self._error = exc
-        # One missing file makes the model unusable: stop the rest, fail fast.
+        # One missing file makes the model unusable: stop the rest, fail fast. Temp
+        # files and journals stay, so the next run resumes.
         self._stop.set()
+        self._queue.close()
 
     def _close_all(self, jobs: Sequence[_Job]) -> None:
         for job in jobs:
             with job.mutex:
-                if job.fd is not None:
+                # A worker left behind may still write to this descriptor: closing it
+                # could let the number be reused by another file. Process exit closes it.
+                if job.fd is not None and job.inflight == 0:
                     os.close(job.fd)
                     job.fd = None
-                if job.outcome is None or job.outcome.status != "fetched":
-                    try:
-                        job.temp.unlink(missing_ok=True)
-                    except OSError:
-                        log.warning("could not remove temp file %s", job.temp)
                 self._release(job)
 
     @staticmethod
@@ -406,13 +599,17 @@ class _Stopped(Exception):
     """Raised inside a worker to abandon a part once the pull is stopping."""
 
 
+def _bytes_in(parts: Sequence[tuple[int, int]], indices: Container[int]) -> int:
+    return sum(end - start for i, (start, end) in enumerate(parts) if i in indices)
+
+
 def _dest_error(exc: OSError, where: Path) -> DestinationError:
+    if isinstance(exc, DestinationError):
+        return exc
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(
             f"disk full while writing {where}: free some space, then run the same command "
             "again to resume",
             errno=exc.errno,
         )
-    if isinstance(exc, DestinationError):
-        return exc
     return DestinationError(f"cannot write {where}: {exc.strerror or exc}", errno=exc.errno)

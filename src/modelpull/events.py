@@ -16,6 +16,7 @@ __all__ = [
     "FileDone",
     "FileFailed",
     "FileQueued",
+    "FileResumed",
     "FileSkipped",
     "FileVerified",
     "Observer",
@@ -48,6 +49,14 @@ class FileQueued:
 class FileSkipped:
     path: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileResumed:
+    """``bytes`` of ``path`` were already written by an interrupted pull and are kept."""
+
+    path: str
+    bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,7 @@ Event = (
     PullStarted
     | FileQueued
     | FileSkipped
+    | FileResumed
     | BytesTransferred
     | RequestFinished
     | PartRetried

@@ -58,12 +58,13 @@ def normalize_endpoint(url: str) -> str:
     botocore rejects a scheme-less endpoint with a bare "Invalid endpoint"; users copy
     host names from consoles, so the scheme is supplied instead (TLS by default).
     """
-    text = url.strip().rstrip("/")
+    text = url.strip()
     if not text:
         raise UsageError("empty endpoint URL")
     if "://" not in text:
         text = f"https://{text}"
     parts = urlsplit(text)
+    text = text.rstrip("/")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(
             f"invalid endpoint URL {url!r}: use http(s)://HOST[:PORT], or HOST[:PORT] for https"

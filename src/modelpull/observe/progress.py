@@ -6,6 +6,7 @@ line, so a plain status line is printed every ``interval`` seconds instead.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -73,8 +74,8 @@ class ProgressDisplay:
                 unit_scale=True,
                 unit_divisor=1024,
                 file=self._stream,
-                dynamic_ncols=True,
                 desc="pull",
+                **self._shape(),
                 mininterval=0.2,
             )
         elif self._enabled:
@@ -131,6 +132,17 @@ class ProgressDisplay:
                 self._stream.write(self._status_line() + "\n")
                 self._stream.flush()
 
+    def _shape(self) -> dict[str, Any]:
+        # A terminal whose size was never set (a bare pty) reports 0x0, and tqdm then
+        # hides every bar as "below the screen": assume a plain 100x40 one instead.
+        try:
+            size = os.get_terminal_size(self._stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            size = os.terminal_size((0, 0))
+        if size.columns and size.lines:
+            return {"dynamic_ncols": True}
+        return {"ncols": 100, "nrows": 40}
+
     def _open_file_bar(self, path: str, size: int) -> None:
         if size < FILE_BAR_MIN_SIZE or len(self._file_bars) >= MAX_FILE_BARS:
             return
@@ -140,7 +152,7 @@ class ProgressDisplay:
             unit_scale=True,
             unit_divisor=1024,
             file=self._stream,
-            dynamic_ncols=True,
+            **self._shape(),
             desc=path if len(path) <= 40 else f"...{path[-37:]}",
             leave=False,
             position=len(self._file_bars) + 1,

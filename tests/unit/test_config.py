@@ -1,0 +1,74 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from modelpull.config import DEFAULT_PART_SIZE, PullConfig, reference_markdown
+from modelpull.errors import UsageError
+
+DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
+
+
+def test_docs_match_code() -> None:
+    # Regenerate: python -c 'import modelpull.config as c; print(c.reference_markdown(), end="")'
+    assert DOCS.read_text(encoding="utf-8") == reference_markdown()
+
+
+def test_every_field_is_documented_with_an_env_variable() -> None:
+    for f in dataclasses.fields(PullConfig):
+        assert f.metadata["doc"] and f.metadata["unit"], f.name
+        assert all(name.isupper() for name in f.metadata["env"]), f.name
+        assert f.metadata["env"][0].startswith("MODELPULL_") or f.name == "endpoint_url"
+
+
+def test_from_env_reads_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert PullConfig.from_env().concurrency == PullConfig().concurrency
+    monkeypatch.setenv("MODELPULL_CONCURRENCY", "7")
+    monkeypatch.setenv("MODELPULL_PART_SIZE", "8MiB")
+    monkeypatch.setenv("MODELPULL_FORCE", "yes")
+    cfg = PullConfig.from_env()
+    assert (cfg.concurrency, cfg.part_size, cfg.force) == (7, 8 << 20, True)
+
+
+def test_flags_override_env() -> None:
+    env = {"MODELPULL_CONCURRENCY": "7", "AWS_ENDPOINT_URL": "http://a:1"}
+    cfg = PullConfig.from_env(env, concurrency=3)
+    assert cfg.concurrency == 3
+    assert cfg.endpoint_url == "http://a:1"
+    # None means "flag not given": the environment stays.
+    assert PullConfig.from_env(env, concurrency=None).concurrency == 7
+
+
+def test_modelpull_endpoint_wins_over_aws() -> None:
+    env = {"AWS_ENDPOINT_URL": "http://aws:1", "MODELPULL_ENDPOINT_URL": "http://mp:2"}
+    assert PullConfig.from_env(env).endpoint_url == "http://mp:2"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MODELPULL_CONCURRENCY": "many"}, "MODELPULL_CONCURRENCY"),
+        ({"MODELPULL_CONCURRENCY": "0"}, "concurrency"),
+        ({"MODELPULL_PART_SIZE": "1KiB"}, "part size"),
+        ({"MODELPULL_ADDRESSING_STYLE": "sideways"}, "addressing style"),
+        ({"MODELPULL_FORCE": "maybe"}, "MODELPULL_FORCE"),
+        ({"MODELPULL_VERIFY": "sometimes"}, "verify"),
+    ],
+)
+def test_invalid_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        PullConfig.from_env(env)
+
+
+def test_frozen_and_keyword_only() -> None:
+    cfg = PullConfig()
+    assert cfg.part_size == DEFAULT_PART_SIZE
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.concurrency = 2  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        PullConfig(4)  # type: ignore[misc]
+
+
+def test_describe_has_no_secrets() -> None:
+    described = PullConfig().describe()
+    assert not any("secret" in k or "key" in k for k in described)

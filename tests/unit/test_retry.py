@@ -1,0 +1,34 @@
+import random
+
+from modelpull.errors import AccessDeniedError, EndpointError, TransientStoreError
+from modelpull.retry import RetryPolicy
+
+
+def test_transient_errors_back_off_with_full_jitter() -> None:
+    policy = RetryPolicy(max_attempts=6, base_delay=0.1, max_delay=1.0, rng=random.Random(1))
+    exc = TransientStoreError("503", reason="SlowDown")
+    delays = [policy.delay(attempt, exc) for attempt in range(1, 6)]
+    caps = [0.1, 0.2, 0.4, 0.8, 1.0]
+    assert all(d is not None and 0 <= d <= cap for d, cap in zip(delays, caps, strict=True))
+    assert policy.delay(6, exc) is None
+
+
+def test_retry_after_is_a_floor() -> None:
+    policy = RetryPolicy(max_attempts=3, base_delay=0.01)
+    exc = TransientStoreError("503", reason="SlowDown")
+    exc.retry_after = 2.0
+    assert policy.delay(1, exc) == 2.0
+
+
+def test_permanent_errors_are_not_retried() -> None:
+    policy = RetryPolicy(max_attempts=5)
+    assert policy.delay(1, AccessDeniedError("no", status=403)) is None
+    assert policy.delay(1, EndpointError("tls", reason="tls")) is None
+    assert policy.delay(1, EndpointError("refused", reason="connect")) is not None
+
+
+def test_deadline_stops_retries() -> None:
+    policy = RetryPolicy(max_attempts=100, deadline=0.5, base_delay=10, max_delay=10)
+    exc = TransientStoreError("x", reason="reset")
+    exc.retry_after = 5.0
+    assert policy.delay(1, exc) is None
