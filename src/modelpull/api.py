@@ -16,7 +16,7 @@ from modelpull.backends import make_backend
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.engine import Engine, FileOutcome
-from modelpull.errors import DestinationError
+from modelpull.errors import DestinationError, ModelPullError
 from modelpull.events import (
     BytesTransferred,
     Event,
@@ -26,6 +26,7 @@ from modelpull.events import (
     PullStarted,
 )
 from modelpull.plan import RemoteFile, list_remote, select
+from modelpull.retry import RetryPolicy
 from modelpull.uri import parse_uri
 
 __all__ = ["PullResult", "list_objects", "pull"]
@@ -151,7 +152,14 @@ def pull(
     backend = make_backend(cfg, credentials)
     ok = False
     try:
-        files = select(list_remote(backend, parsed), include, exclude)
+        policy = RetryPolicy(max_attempts=cfg.max_attempts, deadline=cfg.deadline)
+
+        def on_retry(exc: ModelPullError, attempt: int, delay: float) -> None:
+            reason = getattr(exc, "reason", None) or "error"
+            emit(PartRetried(path="", reason=reason, attempt=attempt, delay=delay))
+
+        listed = policy.call(lambda: list_remote(backend, parsed), on_retry)
+        files = select(listed, include, exclude)
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

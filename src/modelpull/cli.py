@@ -22,7 +22,7 @@ from modelpull.api import PullResult, list_objects, pull
 from modelpull.config import PullConfig
 from modelpull.engine import StopSignal
 from modelpull.observe.progress import ProgressDisplay
-from modelpull.units import format_size, parse_size
+from modelpull.units import format_size, parse_duration, parse_size
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -106,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-size", metavar="SIZE", help="bytes per ranged GET (default 32MiB)")
     p.add_argument("--io-chunk-size", metavar="SIZE", help="read buffer per request (1MiB)")
     p.add_argument("--max-attempts", metavar="N", help="attempts per request (default 5)")
+    p.add_argument(
+        "--deadline", metavar="SECONDS", help="stop retrying after this long (default: none)"
+    )
+    p.add_argument(
+        "--verify",
+        metavar="{auto,strict,off}",
+        help="checksums: auto (all the store offers), strict (fail without one), off",
+    )
     p.add_argument("--force", action="store_true", help="fetch files even if complete")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -151,6 +159,9 @@ def config_from_args(args: argparse.Namespace) -> PullConfig:
             value = getattr(args, name)
             flag = "--" + name.replace("_", "-")
             overrides[name] = parse_size(value, what=flag) if value is not None else None
+        if args.deadline is not None:
+            overrides["deadline"] = parse_duration(args.deadline, what="--deadline")
+        overrides["verify"] = args.verify
         if args.force:
             overrides["force"] = True
     return PullConfig.from_env(**overrides)

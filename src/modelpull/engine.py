@@ -406,20 +406,12 @@ class Engine:
 
     def _call(self, fn: Callable[[], ObjectInfo]) -> ObjectInfo:
         """A metadata request under the same retry policy as the parts."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return fn()
-            except StoreError as exc:
-                delay = self._retry.delay(attempt, exc)
-                if delay is None:
-                    raise
-                self._emit(
-                    PartRetried(path="", reason=exc.reason or "error", attempt=attempt, delay=delay)
-                )
-                if self._stop.wait(delay):
-                    raise _Stopped from None
+
+        def on_retry(exc: ModelPullError, attempt: int, delay: float) -> None:
+            reason = getattr(exc, "reason", None) or "error"
+            self._emit(PartRetried(path="", reason=reason, attempt=attempt, delay=delay))
+
+        return self._retry.call(fn, on_retry, self._stop)
 
     def _end_part(
         self, job: _Job, generation: int, index: int, crcs: dict[str, int] | None

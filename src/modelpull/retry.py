@@ -8,12 +8,17 @@ all of them at once. A server's ``Retry-After`` is a floor, not a suggestion.
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from modelpull.errors import EndpointError, ModelPullError, TransientStoreError
 
 __all__ = ["RetryPolicy", "is_retryable"]
+
+T = TypeVar("T")
 
 BASE_DELAY = 0.1
 MAX_DELAY = 10.0
@@ -49,3 +54,28 @@ class RetryPolicy:
         if self.deadline is not None and time.monotonic() + wait - self.started > self.deadline:
             return None
         return wait
+
+    def call(
+        self,
+        fn: Callable[[], T],
+        on_retry: Callable[[ModelPullError, int, float], None],
+        stop: threading.Event | None = None,
+    ) -> T:
+        """``fn()``, retried under this policy; ``on_retry(exc, attempt, delay)`` before each wait.
+
+        A ``stop`` event set during a wait re-raises the last error at once.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except ModelPullError as exc:
+                delay = self.delay(attempt, exc)
+                if delay is None:
+                    raise
+                on_retry(exc, attempt, delay)
+                if stop is not None and stop.wait(delay):
+                    raise
+                if stop is None:
+                    time.sleep(delay)

@@ -49,7 +49,19 @@ def bucket(store: S3Store) -> str:
 
 
 def test_pull_and_json_summary(store: S3Store, bucket: str, tmp_path: Path) -> None:
-    proc = run(["pull", f"s3://{bucket}/m/", str(tmp_path), "--json", "--part-size", "1MiB", "--concurrency", "3"], store.env())
+    proc = run(
+        [
+            "pull",
+            f"s3://{bucket}/m/",
+            str(tmp_path),
+            "--json",
+            "--part-size",
+            "1MiB",
+            "--concurrency",
+            "3",
+        ],
+        store.env(),
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["ok"] is True
@@ -73,7 +85,10 @@ def test_plain_summary_and_ls(store: S3Store, bucket: str, tmp_path: Path) -> No
     listing = run(["ls", f"s3://{bucket}/m/"], store.env())
     assert listing.returncode == 0
     assert listing.stdout.split() == ["2", "config.json", str(3 * MiB), "w.safetensors"]
-    rows = [json.loads(line) for line in run(["ls", f"s3://{bucket}/m", "--json"], store.env()).stdout.splitlines()]
+    rows = [
+        json.loads(line)
+        for line in run(["ls", f"s3://{bucket}/m", "--json"], store.env()).stdout.splitlines()
+    ]
     assert [r["path"] for r in rows] == ["config.json", "w.safetensors"]
 
 
@@ -87,7 +102,16 @@ def test_env_configures_the_pull(store: S3Store, bucket: str, tmp_path: Path) ->
 def test_help_lists_options_and_exit_codes() -> None:
     proc = run(["pull", "--help"], dict(os.environ))
     assert proc.returncode == 0
-    for flag in ("--include", "--exclude", "--concurrency", "--part-size", "--endpoint-url", "--force", "--no-progress", "--json"):
+    for flag in (
+        "--include",
+        "--exclude",
+        "--concurrency",
+        "--part-size",
+        "--endpoint-url",
+        "--force",
+        "--no-progress",
+        "--json",
+    ):
         assert flag in proc.stdout
     assert "Exit codes" in run(["--help"], dict(os.environ)).stdout
 
@@ -96,7 +120,9 @@ def test_help_lists_options_and_exit_codes() -> None:
 
 
 def test_malformed_uri(store: S3Store, tmp_path: Path) -> None:
-    assert_clean_failure(run(["pull", "models/llama", str(tmp_path / "d")], store.env()), 2, "s3://BUCKET")
+    assert_clean_failure(
+        run(["pull", "models/llama", str(tmp_path / "d")], store.env()), 2, "s3://BUCKET"
+    )
     assert not (tmp_path / "d").exists()
 
 
@@ -107,8 +133,12 @@ def test_unknown_bucket(store: S3Store, tmp_path: Path) -> None:
 
 
 def test_missing_key_or_empty_prefix(store: S3Store, bucket: str, tmp_path: Path) -> None:
-    assert_clean_failure(run(["pull", f"s3://{bucket}/nothing/", str(tmp_path / "d")], store.env()), 3, "nothing at")
-    assert_clean_failure(run(["pull", f"s3://{bucket}/m/missing.json", str(tmp_path / "d")], store.env()), 3)
+    assert_clean_failure(
+        run(["pull", f"s3://{bucket}/nothing/", str(tmp_path / "d")], store.env()), 3, "nothing at"
+    )
+    assert_clean_failure(
+        run(["pull", f"s3://{bucket}/m/missing.json", str(tmp_path / "d")], store.env()), 3
+    )
     assert not (tmp_path / "d").exists()
 
 
@@ -124,8 +154,14 @@ def test_bad_credentials(rclone_store: S3Store, tmp_path: Path) -> None:
 
 
 def test_no_credentials(rclone_store: S3Store, tmp_path: Path) -> None:
-    env = {k: v for k, v in rclone_store.env().items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
-    assert_clean_failure(run(["pull", "s3://whatever/m/", str(tmp_path / "d")], env), 4, "credentials")
+    env = {
+        k: v
+        for k, v in rclone_store.env().items()
+        if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")
+    }
+    assert_clean_failure(
+        run(["pull", "s3://whatever/m/", str(tmp_path / "d")], env), 4, "credentials"
+    )
 
 
 def test_unreachable_endpoint(store: S3Store, tmp_path: Path) -> None:
@@ -140,7 +176,18 @@ def test_unreachable_endpoint(store: S3Store, tmp_path: Path) -> None:
 def test_endpoint_without_scheme_gets_https(store: S3Store, bucket: str, tmp_path: Path) -> None:
     # An http server reached with https: a TLS failure, not botocore's "Invalid endpoint".
     host = store.endpoint_url.removeprefix("http://")
-    proc = run(["pull", f"s3://{bucket}/m/", str(tmp_path / "d"), "--endpoint-url", host, "--max-attempts", "1"], store.env())
+    proc = run(
+        [
+            "pull",
+            f"s3://{bucket}/m/",
+            str(tmp_path / "d"),
+            "--endpoint-url",
+            host,
+            "--max-attempts",
+            "1",
+        ],
+        store.env(),
+    )
     assert proc.returncode == 5, proc.stderr
     assert "Invalid endpoint" not in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -149,8 +196,12 @@ def test_endpoint_without_scheme_gets_https(store: S3Store, bucket: str, tmp_pat
 def test_dest_is_a_file(store: S3Store, bucket: str, tmp_path: Path) -> None:
     dest = tmp_path / "file"
     dest.write_text("x")
-    assert_clean_failure(run(["pull", f"s3://{bucket}/m/", str(dest)], store.env()), 6, "not a folder")
-    assert_clean_failure(run(["pull", f"s3://{bucket}/m/", str(dest / "sub")], store.env()), 6, "not a folder")
+    assert_clean_failure(
+        run(["pull", f"s3://{bucket}/m/", str(dest)], store.env()), 6, "not a folder"
+    )
+    assert_clean_failure(
+        run(["pull", f"s3://{bucket}/m/", str(dest / "sub")], store.env()), 6, "not a folder"
+    )
 
 
 def test_dest_not_writable(store: S3Store, bucket: str, tmp_path: Path) -> None:
@@ -162,7 +213,18 @@ def test_dest_not_writable(store: S3Store, bucket: str, tmp_path: Path) -> None:
         # private mount namespace instead.
         script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"'
         proc = subprocess.run(
-            ["unshare", "-m", "sh", "-c", script, str(dest), sys.executable, "-m", "modelpull", *args],
+            [
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                script,
+                str(dest),
+                sys.executable,
+                "-m",
+                "modelpull",
+                *args,
+            ],
             env=store.env(),
             capture_output=True,
             text=True,
@@ -193,14 +255,20 @@ def test_invalid_flag_values(store: S3Store, tmp_path: Path, flags: list[str], n
 
 def test_invalid_env_value(store: S3Store, tmp_path: Path) -> None:
     env = store.env() | {"MODELPULL_PART_SIZE": "huge"}
-    assert_clean_failure(run(["pull", "s3://bucket/m/", str(tmp_path / "d")], env), 2, "MODELPULL_PART_SIZE")
+    assert_clean_failure(
+        run(["pull", "s3://bucket/m/", str(tmp_path / "d")], env), 2, "MODELPULL_PART_SIZE"
+    )
 
 
 def test_progress_on_a_terminal(store: S3Store, bucket: str, tmp_path: Path) -> None:
     """On a terminal the progress bar shows bytes, rate and ETA."""
     pid, fd = pty.fork()
     if pid == 0:  # child: stdout and stderr are the pty
-        os.execve(sys.executable, [sys.executable, "-m", "modelpull", "pull", f"s3://{bucket}/m/", str(tmp_path)], store.env())
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "modelpull", "pull", f"s3://{bucket}/m/", str(tmp_path)],
+            store.env(),
+        )
     output = b""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

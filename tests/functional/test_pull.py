@@ -44,10 +44,14 @@ def model(store: S3Store) -> tuple[str, dict[str, bytes]]:
     return bucket, files
 
 
-def test_pull_folder_byte_identical(store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
+def test_pull_folder_byte_identical(
+    store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
     bucket, files = model
     cfg = store.config(part_size=1 * MiB, concurrency=4)
-    result = modelpull.pull(f"s3://{bucket}/models/llama/", tmp_path / "out", config=cfg, credentials=store.credentials)
+    result = modelpull.pull(
+        f"s3://{bucket}/models/llama/", tmp_path / "out", config=cfg, credentials=store.credentials
+    )
     assert tree(tmp_path / "out") == files
     assert result.files_fetched == len(files)
     assert result.files_skipped == 0
@@ -57,9 +61,16 @@ def test_pull_folder_byte_identical(store: S3Store, model: tuple[str, dict[str, 
     assert list((tmp_path / "out" / ".modelpull" / "incomplete").iterdir()) == []
 
 
-def test_folder_without_trailing_slash(store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
+def test_folder_without_trailing_slash(
+    store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
     bucket, files = model
-    modelpull.pull(f"s3://{bucket}/models/llama", tmp_path, config=store.config(), credentials=store.credentials)
+    modelpull.pull(
+        f"s3://{bucket}/models/llama",
+        tmp_path,
+        config=store.config(),
+        credentials=store.credentials,
+    )
     assert tree(tmp_path) == files
 
 
@@ -67,7 +78,10 @@ def test_single_object(store: S3Store, model: tuple[str, dict[str, bytes]], tmp_
     bucket, files = model
     key = "model-00001-of-00002.safetensors"
     result = modelpull.pull(
-        f"s3://{bucket}/models/llama/{key}", tmp_path, config=store.config(part_size=1 * MiB), credentials=store.credentials
+        f"s3://{bucket}/models/llama/{key}",
+        tmp_path,
+        config=store.config(part_size=1 * MiB),
+        credentials=store.credentials,
     )
     assert tree(tmp_path) == {key: files[key]}
     assert result.files_fetched == 1
@@ -80,8 +94,10 @@ def test_whole_bucket(store: S3Store, tmp_path: Path) -> None:
     assert tree(tmp_path) == {"a.json": b"a", "d/b.bin": b"bb"}
 
 
-def test_include_exclude(store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
-    bucket, files = model
+def test_include_exclude(
+    store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    bucket, _files = model
     modelpull.pull(
         f"s3://{bucket}/models/llama/",
         tmp_path,
@@ -90,16 +106,24 @@ def test_include_exclude(store: S3Store, model: tuple[str, dict[str, bytes]], tm
         config=store.config(),
         credentials=store.credentials,
     )
-    assert sorted(tree(tmp_path)) == ["config.json", "model-00001-of-00002.safetensors", "tokenizer.json"]
+    assert sorted(tree(tmp_path)) == [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "tokenizer.json",
+    ]
 
 
-def test_second_pull_transfers_nothing(store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
+def test_second_pull_transfers_nothing(
+    store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
     bucket, files = model
     uri = f"s3://{bucket}/models/llama/"
     cfg = store.config(part_size=1 * MiB)
     modelpull.pull(uri, tmp_path, config=cfg, credentials=store.credentials)
     seen: list[Event] = []
-    again = modelpull.pull(uri, tmp_path, config=cfg, credentials=store.credentials, observers=[seen.append])
+    again = modelpull.pull(
+        uri, tmp_path, config=cfg, credentials=store.credentials, observers=[seen.append]
+    )
     assert (again.files_fetched, again.files_skipped, again.bytes_downloaded) == (0, len(files), 0)
     assert not any(isinstance(e, BytesTransferred) for e in seen)
 
@@ -115,7 +139,9 @@ def test_second_pull_transfers_nothing(store: S3Store, model: tuple[str, dict[st
     assert fourth.files_fetched == 1
     assert (tmp_path / "tokenizer.json").read_bytes() == files["tokenizer.json"]
 
-    forced = modelpull.pull(uri, tmp_path, config=store.config(force=True), credentials=store.credentials)
+    forced = modelpull.pull(
+        uri, tmp_path, config=store.config(force=True), credentials=store.credentials
+    )
     assert forced.files_fetched == len(files)
 
 
@@ -124,10 +150,15 @@ def test_many_files_paginated_listing(moto_store: S3Store, tmp_path: Path) -> No
     bucket = moto_store.new_bucket()
     files = {f"shard/{i:04d}.txt": str(i).encode() for i in range(1003)}
     moto_store.put_tree(bucket, "m/", files)
-    listed = modelpull.list_objects(f"s3://{bucket}/m/", config=moto_store.config(), credentials=moto_store.credentials)
+    listed = modelpull.list_objects(
+        f"s3://{bucket}/m/", config=moto_store.config(), credentials=moto_store.credentials
+    )
     assert [f.path for f in listed] == sorted(files)
     result = modelpull.pull(
-        f"s3://{bucket}/m/", tmp_path, config=moto_store.config(concurrency=32), credentials=moto_store.credentials
+        f"s3://{bucket}/m/",
+        tmp_path,
+        config=moto_store.config(concurrency=32),
+        credentials=moto_store.credentials,
     )
     assert result.files_fetched == 1003
     assert tree(tmp_path) == files
@@ -154,7 +185,13 @@ def test_object_replaced_once_is_refetched(store: S3Store, tmp_path: Path) -> No
     store.put(bucket, "m/w.bin", os.urandom(4 * MiB))
     versions, replace = _replacer(store, bucket, "m/w.bin", times=1)
     cfg = store.config(part_size=1 * MiB, concurrency=1, io_chunk_size=256 * 1024)
-    modelpull.pull(f"s3://{bucket}/m/", tmp_path, config=cfg, credentials=store.credentials, observers=[replace])  # type: ignore[list-item]
+    modelpull.pull(
+        f"s3://{bucket}/m/",
+        tmp_path,
+        config=cfg,
+        credentials=store.credentials,
+        observers=[replace],
+    )  # type: ignore[list-item]
     # Never a stitched file: the whole of the newest version.
     assert (tmp_path / "w.bin").read_bytes() == versions[-1]
 
@@ -165,25 +202,49 @@ def test_object_that_keeps_changing_fails_cleanly(store: S3Store, tmp_path: Path
     _, replace = _replacer(store, bucket, "m/w.bin", times=10)
     cfg = store.config(part_size=1 * MiB, concurrency=1, io_chunk_size=256 * 1024)
     with pytest.raises(modelpull.ObjectChangedError) as info:
-        modelpull.pull(f"s3://{bucket}/m/", tmp_path, config=cfg, credentials=store.credentials, observers=[replace])  # type: ignore[list-item]
+        modelpull.pull(
+            f"s3://{bucket}/m/",
+            tmp_path,
+            config=cfg,
+            credentials=store.credentials,
+            observers=[replace],
+        )  # type: ignore[list-item]
     assert info.value.key == "m/w.bin"
     assert info.value.bucket == bucket
     assert not (tmp_path / "w.bin").exists()
 
 
-def test_observers_see_every_byte(store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
+def test_observers_see_every_byte(
+    store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
     bucket, files = model
     events: list[Event] = []
-    modelpull.pull(f"s3://{bucket}/models/llama/", tmp_path, config=store.config(part_size=1 * MiB), credentials=store.credentials, observers=[events.append])
-    assert sum(e.bytes for e in events if isinstance(e, BytesTransferred)) == sum(map(len, files.values()))
+    modelpull.pull(
+        f"s3://{bucket}/models/llama/",
+        tmp_path,
+        config=store.config(part_size=1 * MiB),
+        credentials=store.credentials,
+        observers=[events.append],
+    )
+    assert sum(e.bytes for e in events if isinstance(e, BytesTransferred)) == sum(
+        map(len, files.values())
+    )
     assert sorted(e.path for e in events if isinstance(e, FileDone)) == sorted(files)
 
 
-def test_broken_observer_does_not_fail_the_pull(store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
+def test_broken_observer_does_not_fail_the_pull(
+    store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
     bucket, files = model
 
     def broken(event: Event) -> None:
         raise RuntimeError("observer bug")
 
-    result = modelpull.pull(f"s3://{bucket}/models/llama/", tmp_path, config=store.config(), credentials=store.credentials, observers=[broken])
+    result = modelpull.pull(
+        f"s3://{bucket}/models/llama/",
+        tmp_path,
+        config=store.config(),
+        credentials=store.credentials,
+        observers=[broken],
+    )
     assert result.files_fetched == len(files)

@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from modelpull.api import PullResult
+from modelpull.api import pull as real_pull
 from modelpull.credentials import Credentials
 from modelpull.demo import run as demo_run
 from modelpull.demo import run_demo
@@ -110,14 +111,13 @@ def test_rclone_checks_credentials(
     bucket = rclone_store.new_bucket()
     rclone_store.put(bucket, "k", b"v")
     client = rclone_store.client_with(credentials)
-    for call in (
-        lambda: client.list_objects_v2(Bucket=bucket),
-        lambda: client.get_object(Bucket=bucket, Key="k"),
-    ):
-        with pytest.raises(ClientError) as refused:
-            call()
-        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
-        assert refused.value.response["Error"]["Code"] == code
+    with pytest.raises(ClientError) as listing:
+        client.list_objects_v2(Bucket=bucket)
+    with pytest.raises(ClientError) as get:
+        client.get_object(Bucket=bucket, Key="k")
+    for refused in (listing.value, get.value):
+        assert refused.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert refused.response["Error"]["Code"] == code
 
 
 def test_env_and_config_point_at_the_store(store: S3Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,8 +188,6 @@ def test_run_demo_pulls_and_verifies(tmp_path: Path) -> None:
 
 
 def test_run_demo_reports_a_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_pull = demo_run.pull
-
     def corrupting_pull(uri: str, dest: Path, **kwargs: Any) -> PullResult:
         result = real_pull(uri, dest, **kwargs)
         (Path(dest) / "config.json").write_text("{}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,8 +24,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     return folder, write_sample_model(folder, shard_sizes=SIZES, seed=3)
 
 
-def load_json(path: Path) -> dict:  # type: ignore[type-arg]
-    return json.loads(path.read_text(encoding="utf-8"))
+def load_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
 
 
 def test_files_written(model: tuple[Path, list[Path]]) -> None:

@@ -22,7 +22,15 @@ def test_parse_uri(text: str, bucket: str, key: str, folder: bool) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["models/llama", "http://models/llama", "s3://", "s3:///key", "s3://a/key", "s3://bad bucket/k", "gs://b/k"],
+    [
+        "models/llama",
+        "http://models/llama",
+        "s3://",
+        "s3:///key",
+        "s3://a/key",
+        "s3://bad bucket/k",
+        "gs://b/k",
+    ],
 )
 def test_parse_uri_rejects(text: str) -> None:
     with pytest.raises(InvalidURIError, match="invalid"):

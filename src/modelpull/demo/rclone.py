@@ -130,9 +130,10 @@ class RcloneS3Server:
     ``port=0`` picks a free port. The server checks SigV4 signatures against
     ``access_key``/``secret_key`` (see :attr:`credentials`) and uses path-style
     addressing. ``extra_args`` are appended to rclone's command line, so they override
-    the flags set here (``["--etag-hash", "XXH3"]``, ``["-vv"]``); its log is kept only
-    to explain a failed start. Objects should be
-    written through the S3 API or before :meth:`start`: see the module's notes.
+    the flags set here (``["--etag-hash", "XXH3"]``, ``["-vv"]``); rclone's log is
+    read only to explain a failed start. Write objects through the S3 API, or before
+    :meth:`start`: see the module's notes. ``start`` waits up to ``startup_timeout``
+    seconds for the server to answer.
     """
 
     def __init__(

@@ -46,7 +46,6 @@ def run_demo(
     """
     stream = sys.stdout if out is None else out
     sizes = DEFAULT_SHARD_SIZES if shard_sizes is None else tuple(shard_sizes)
-    show = sys.stderr.isatty() if progress is None else progress
     with tempfile.TemporaryDirectory(prefix="modelpull-demo-") as tmp:
         store = Path(tmp) / "store"
         source = store / DEMO_BUCKET / DEMO_PREFIX
@@ -63,7 +62,8 @@ def run_demo(
         with RcloneS3Server(store) as server:
             _say(stream, f"serving it with rclone serve s3 at {server.endpoint_url}")
             config = PullConfig(endpoint_url=server.endpoint_url, addressing_style="path")
-            with ProgressDisplay(enabled=show) as display:
+            # ProgressDisplay reads None as "when stderr is a terminal", as documented here.
+            with ProgressDisplay(enabled=progress) as display:
                 result = pull(
                     uri,
                     dest,
