@@ -1,0 +1,244 @@
+"""Untrusted keys, symlinks in DEST, TLS verification, several processes on one model."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import modelpull
+from modelpull.demo import RcloneS3Server
+from tests.faults.proxy import FaultProxy
+from tests.helpers import S3Store
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    "evil", ["m/../escape.txt", "m/a/../../escape.txt", "m//abs.txt", "m/.modelpull/records/x"]
+)
+def test_unsafe_keys_are_refused(moto_store: S3Store, tmp_path: Path, evil: str) -> None:
+    # moto stores keys such as "m/../x" as given: a bucket is untrusted input.
+    bucket = moto_store.new_bucket()
+    moto_store.put_tree(bucket, "", {"m/ok.txt": b"ok", evil: b"evil"})
+    dest = tmp_path / "dest"
+    with pytest.raises(modelpull.UnsafePathError) as info:
+        modelpull.pull(
+            f"s3://{bucket}/m/",
+            dest,
+            config=moto_store.config(),
+            credentials=moto_store.credentials,
+        )
+    assert info.value.key == evil
+    # Refused before anything was written, inside DEST or beside it.
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
+
+
+def test_unsafe_key_exit_code(moto_store: S3Store, tmp_path: Path) -> None:
+    bucket = moto_store.new_bucket()
+    moto_store.put(bucket, "m/../escape.txt", b"evil")
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelpull", "pull", f"s3://{bucket}/m/", str(tmp_path / "d")],
+        env=moto_store.env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 6
+    assert "refusing object key 'm/../escape.txt'" in proc.stderr
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_symlink_in_dest_is_not_followed_out(store: S3Store, tmp_path: Path) -> None:
+    bucket = store.new_bucket()
+    store.put_tree(bucket, "m/", {"sub/file.bin": b"x" * 100, "a.json": b"{}"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "sub").symlink_to(outside)
+    with pytest.raises(modelpull.UnsafePathError, match="symlink"):
+        modelpull.pull(
+            f"s3://{bucket}/m/",
+            dest,
+            config=store.config(concurrency=1),
+            credentials=store.credentials,
+        )
+    assert list(outside.iterdir()) == []
+
+
+# -- TLS ---------------------------------------------------------------------------------
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelpull-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def tls_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, Path, RcloneS3Server]]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = _self_signed(folder)
+    (folder / "root" / "secure" / "m").mkdir(parents=True)
+    (folder / "root" / "secure" / "m" / "w.bin").write_bytes(b"w" * 1000)
+    with RcloneS3Server(
+        folder / "root", extra_args=["--cert", str(cert), "--key", str(key)]
+    ) as server:
+        yield server.endpoint_url.replace("http://", "https://"), cert, server
+
+
+def _cli(
+    server: RcloneS3Server, endpoint: str, dest: Path, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    env = S3Store("rclone", endpoint, server.credentials).env()
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "modelpull",
+            "pull",
+            "s3://secure/m/",
+            str(dest),
+            "--max-attempts",
+            "1",
+            *flags,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_tls_is_verified_by_default(
+    tls_server: tuple[str, Path, RcloneS3Server], tmp_path: Path
+) -> None:
+    endpoint, _, server = tls_server
+    proc = _cli(server, endpoint, tmp_path)
+    assert proc.returncode == 5, proc.stderr
+    assert "TLS verification failed" in proc.stderr and "--ca-bundle" in proc.stderr
+    assert not (tmp_path / "w.bin").exists()
+
+
+def test_ca_bundle(tls_server: tuple[str, Path, RcloneS3Server], tmp_path: Path) -> None:
+    endpoint, cert, server = tls_server
+    proc = _cli(server, endpoint, tmp_path, "--ca-bundle", str(cert))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "w.bin").read_bytes() == b"w" * 1000
+
+
+def test_no_verify_ssl_warns(tls_server: tuple[str, Path, RcloneS3Server], tmp_path: Path) -> None:
+    endpoint, _, server = tls_server
+    proc = _cli(server, endpoint, tmp_path, "--no-verify-ssl")
+    assert proc.returncode == 0, proc.stderr
+    assert "TLS certificate verification is OFF" in proc.stderr
+    assert proc.stderr.count("\n") == 1  # one warning, not one per request
+    assert (tmp_path / "w.bin").exists()
+
+
+# -- many processes, one model -----------------------------------------------------------
+
+
+def test_eight_processes_one_model(rclone_store: S3Store, tmp_path: Path) -> None:
+    bucket = rclone_store.new_bucket()
+    files = {
+        "config.json": b"{}",
+        "a.safetensors": os.urandom(6 * MiB),
+        "b.safetensors": os.urandom(3 * MiB),
+    }
+    rclone_store.put_tree(bucket, "m/", files)
+    total = sum(map(len, files.values()))
+    with FaultProxy(rclone_store.endpoint_url) as proxy:
+        env = rclone_store.env() | {"AWS_ENDPOINT_URL": proxy.url}
+        cmd = [
+            sys.executable,
+            "-m",
+            "modelpull",
+            "pull",
+            f"s3://{bucket}/m/",
+            str(tmp_path),
+            "--part-size",
+            "1MiB",
+        ]
+        procs = [
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(8)
+        ]
+        results = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 8, results
+        fetched = sum(r.body_bytes for r in proxy.log if r.method == "GET" and "/m/" in r.path)
+    for name, data in files.items():
+        assert (tmp_path / name).read_bytes() == data
+    # Each file was fetched by one process; the others waited and reused it.
+    assert fetched == total
+    assert list((tmp_path / ".modelpull" / "incomplete").glob("*.part")) == []
+
+
+def test_lock_holder_killed_does_not_block_others(rclone_store: S3Store, tmp_path: Path) -> None:
+    bucket = rclone_store.new_bucket()
+    rclone_store.put(bucket, "m/w.bin", b"z" * MiB)
+    # A process that takes a file's lock and dies without letting go.
+    from modelpull.state import StateDir
+
+    state = StateDir(tmp_path)
+    state.create()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, filelock, time; filelock.FileLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+            str(state.lock_path("w.bin")),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.communicate()
+    modelpull.pull(
+        f"s3://{bucket}/m/",
+        tmp_path,
+        config=rclone_store.config(),
+        credentials=rclone_store.credentials,
+    )
+    assert (tmp_path / "w.bin").read_bytes() == b"z" * MiB
