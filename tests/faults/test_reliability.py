@@ -78,7 +78,18 @@ def assert_intact(dest: Path) -> None:
     assert (dest / "config.json").read_bytes() == SMALL
 
 
-def test_reset_mid_body_resumes_from_the_byte_reached(
+def _retried_range(proxy: FaultProxy, fault: str) -> tuple[int, str]:
+    broken = next(r for r in proxy.log if fault in r.faults)
+    assert broken.range is not None
+    start = int(broken.range.split("=")[1].split("-")[0])
+    end = f"-{start + MiB - 1}"
+    retried = [r for r in proxy.log if r.range and r.range.endswith(end) and fault not in r.faults]
+    assert len(retried) == 1
+    assert retried[0].range is not None
+    return start, retried[0].range
+
+
+def test_reset_mid_body_is_retried(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:
     # Reset the second part of w.bin after 300,000 of its bytes.
@@ -89,16 +100,27 @@ def test_reset_mid_body_resumes_from_the_byte_reached(
     assert_intact(tmp_path)
     assert proxy.fired(rule) == 1
     assert result.retries == {"reset": 1}
-    broken = next(r for r in proxy.log if "ResetAfter" in r.faults)
-    start = int(broken.range.split("=")[1].split("-")[0])  # type: ignore[union-attr]
-    retried = [
-        r
-        for r in proxy.log
-        if r.range and r.range.endswith(f"-{start + MiB - 1}") and "ResetAfter" not in r.faults
-    ]
-    # The retry asks only for what was missing: 256 KiB chunks had landed before the reset.
-    assert len(retried) == 1
-    assert retried[0].range == f"bytes={start + 256 * 1024}-{start + MiB - 1}"
+    # A reset discards what the kernel had not handed over yet, so the retry starts at
+    # the last whole chunk written: the part start, or 256 KiB into it.
+    start, retried = _retried_range(proxy, "ResetAfter")
+    assert retried in (
+        f"bytes={start}-{start + MiB - 1}",
+        f"bytes={start + 256 * 1024}-{start + MiB - 1}",
+    )
+
+
+def test_broken_part_resumes_from_the_byte_reached(
+    store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
+) -> None:
+    proxy.add_rule(
+        Rule(truncate_after(300_000), method="GET", path="w.bin", ranged_only=True, skip=1)
+    )
+    result, _ = pull(store, proxy, bucket, tmp_path)
+    assert_intact(tmp_path)
+    assert result.retries == {"short_body": 1}
+    # Every byte that arrived was kept: the retry asks for the rest of the part only.
+    start, retried = _retried_range(proxy, "TruncateAfter")
+    assert retried == f"bytes={start + 300_000}-{start + MiB - 1}"
 
 
 def test_truncated_body_is_retried(

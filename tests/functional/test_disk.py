@@ -58,7 +58,9 @@ def run_on_tmpfs(
     mnt.mkdir()
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    script = 'mnt=$1; shift; mount -t tmpfs -o size="$0" tmpfs "$mnt" && mkdir "$mnt/dest" && exec "$@"'
+    script = (
+        'mnt=$1; shift; mount -t tmpfs -o size="$0" tmpfs "$mnt" && mkdir "$mnt/dest" && exec "$@"'
+    )
     proc = subprocess.run(
         [
             "unshare",

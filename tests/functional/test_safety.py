@@ -226,7 +226,8 @@ def test_lock_holder_killed_does_not_block_others(rclone_store: S3Store, tmp_pat
         [
             sys.executable,
             "-c",
-            "import sys, filelock, time; filelock.FileLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+            "import sys, filelock, time; filelock.FileLock(sys.argv[1]).acquire();"
+            " print('held', flush=True); time.sleep(60)",
             str(state.lock_path("w.bin")),
         ],
         stdout=subprocess.PIPE,
