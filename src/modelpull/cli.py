@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="fetch files even if complete")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.add_argument(
+        "--progress-interval",
+        metavar="SECONDS",
+        default="10",
+        help="when stderr is not a terminal, print a status line this often (default 10)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _connection_options(p)
 
@@ -201,7 +207,8 @@ def _print_summary(result: PullResult) -> None:
 def _cmd_pull(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     _warn_insecure(config)
-    with ProgressDisplay(enabled=False if args.no_progress else None) as progress:
+    interval = parse_duration(args.progress_interval, what="--progress-interval")
+    with ProgressDisplay(enabled=not args.no_progress, interval=interval) as progress:
         result = pull(
             args.uri,
             args.dest,

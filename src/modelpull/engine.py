@@ -54,6 +54,8 @@ from modelpull.events import (
     FileSkipped,
     FileVerified,
     PartRetried,
+    RequestFinished,
+    RequestStarted,
 )
 from modelpull.integrity import Verifier
 from modelpull.journal import Journal
@@ -375,13 +377,15 @@ class Engine:
 
         while True:
             attempt += 1
+            emit(RequestStarted(path=path, method="GET"))
+            began, before = time.monotonic(), offset
             try:
-                self._backend.read_range(obj, self._bucket, offset, end, buffer, sink)
-                verifier.part_done(index, start, end, fd)
-                return hasher.values()
-            except ObjectChangedError:
-                raise
-            except StoreError as exc:
+                result = self._backend.read_range(obj, self._bucket, offset, end, buffer, sink)
+            except BaseException as exc:
+                seconds = time.monotonic() - began
+                emit(RequestFinished(path, "GET", _status_of(exc), None, seconds, offset - before))
+                if isinstance(exc, ObjectChangedError) or not isinstance(exc, StoreError):
+                    raise
                 # Bytes already written stay: the next attempt resumes where this one broke.
                 delay = self._retry.delay(attempt, exc)
                 if delay is None:
@@ -390,6 +394,16 @@ class Engine:
                 emit(PartRetried(path=path, reason=reason, attempt=attempt, delay=delay))
                 if stop.wait(delay):
                     raise _Stopped from None
+                continue
+            seconds = time.monotonic() - began
+            status = str(result.status)
+            emit(
+                RequestFinished(
+                    path, "GET", status, result.first_byte_seconds, seconds, end - before
+                )
+            )
+            verifier.part_done(index, start, end, fd)
+            return hasher.values()
 
     def _gave_up(self, exc: StoreError, job: _Job, attempt: int) -> StoreError:
         if attempt == 1 or exc.reason is None:
@@ -411,7 +425,20 @@ class Engine:
             reason = getattr(exc, "reason", None) or "error"
             self._emit(PartRetried(path="", reason=reason, attempt=attempt, delay=delay))
 
-        return self._retry.call(fn, on_retry, self._stop)
+        def head() -> ObjectInfo:
+            self._emit(RequestStarted(path="", method="HEAD"))
+            began = time.monotonic()
+            try:
+                info = fn()
+            except BaseException as exc:
+                seconds = time.monotonic() - began
+                self._emit(RequestFinished("", "HEAD", _status_of(exc), None, seconds, 0))
+                raise
+            seconds = time.monotonic() - began
+            self._emit(RequestFinished("", "HEAD", "200", seconds, seconds, 0))
+            return info
+
+        return self._retry.call(head, on_retry, self._stop)
 
     def _end_part(
         self, job: _Job, generation: int, index: int, crcs: dict[str, int] | None
@@ -589,6 +616,15 @@ class StopSignal(KeyboardInterrupt):
 
 class _Stopped(Exception):
     """Raised inside a worker to abandon a part once the pull is stopping."""
+
+
+def _status_of(exc: BaseException) -> str:
+    """A bounded label for a failed request: the HTTP status, else the error's reason."""
+    if isinstance(exc, StoreError):
+        return str(exc.status) if exc.status else (exc.reason or "error")
+    if isinstance(exc, _Stopped):
+        return "stopped"
+    return "error"
 
 
 def _bytes_in(parts: Sequence[tuple[int, int]], indices: Container[int]) -> int:

@@ -24,6 +24,7 @@ __all__ = [
     "PullFinished",
     "PullStarted",
     "RequestFinished",
+    "RequestStarted",
 ]
 
 
@@ -68,12 +69,25 @@ class BytesTransferred:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestFinished:
-    """One GET ended: ``status`` is the HTTP status or an error reason."""
+class RequestStarted:
+    """A request to the store is in flight (GET of a part, or HEAD)."""
 
     path: str
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    """A request ended: ``status`` is the HTTP status, or the error's reason.
+
+    ``first_byte_seconds`` is the time to the response headers; ``None`` when no
+    response came.
+    """
+
+    path: str
+    method: str
     status: str
-    first_byte_seconds: float
+    first_byte_seconds: float | None
     seconds: float
     bytes: int
 
@@ -121,6 +135,7 @@ Event = (
     | FileSkipped
     | FileResumed
     | BytesTransferred
+    | RequestStarted
     | RequestFinished
     | PartRetried
     | FileVerified

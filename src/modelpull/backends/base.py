@@ -35,9 +35,10 @@ class ObjectInfo:
 
 @dataclass(frozen=True, slots=True)
 class RangeResult:
-    """What a GET told beyond its bytes: HTTP status and any checksum headers."""
+    """What a GET told beyond its bytes: HTTP status, time to headers, checksum headers."""
 
     status: int
+    first_byte_seconds: float | None = None
     checksums: Mapping[str, str] = field(default_factory=dict)
     checksum_type: str | None = None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -267,10 +268,12 @@ class Boto3Backend:
             params["IfMatch"] = f'"{obj.etag}"'
         if not whole:
             params["Range"] = f"bytes={start}-{end - 1}"
+        started = time.monotonic()
         try:
             response = self._client.get_object(**params)
         except Exception as exc:
             raise translate(exc, bucket=bucket, key=obj.key) from exc
+        first_byte = time.monotonic() - started
         body = response["Body"]
         raw = body._raw_stream
         try:
@@ -287,6 +290,7 @@ class Boto3Backend:
         raw.release_conn()
         return RangeResult(
             status=status,
+            first_byte_seconds=first_byte,
             checksums=_checksums(headers),
             checksum_type=headers.get("x-amz-checksum-type"),
         )

@@ -62,8 +62,8 @@ def run_demo(
         with RcloneS3Server(store) as server:
             _say(stream, f"serving it with rclone serve s3 at {server.endpoint_url}")
             config = PullConfig(endpoint_url=server.endpoint_url, addressing_style="path")
-            # ProgressDisplay reads None as "when stderr is a terminal", as documented here.
-            with ProgressDisplay(enabled=progress) as display:
+            show = sys.stderr.isatty() if progress is None else progress
+            with ProgressDisplay(enabled=show) as display:
                 result = pull(
                     uri,
                     dest,

@@ -20,6 +20,7 @@ from modelpull.events import (
     Event,
     FileDone,
     FileQueued,
+    FileResumed,
     FileSkipped,
     PullFinished,
 )
@@ -36,13 +37,14 @@ MAX_FILE_BARS = 4
 class ProgressDisplay:
     """An engine observer; use as a context manager around :func:`modelpull.pull`.
 
-    ``enabled=None`` shows progress only when ``stream`` is a terminal (bars) - pass
-    ``True`` to force it on a non-terminal (status lines), ``False`` for silence.
+    On a terminal: an aggregate bar (bytes, rate, ETA, files done) and one bar per large
+    file in flight. Elsewhere: a one-line status every ``interval`` seconds (none for a
+    pull shorter than that). ``enabled=False`` is silence.
     """
 
     def __init__(
         self,
-        enabled: bool | None = None,
+        enabled: bool = True,
         *,
         stream: TextIO | None = None,
         interval: float = STATUS_INTERVAL,
@@ -50,7 +52,7 @@ class ProgressDisplay:
     ) -> None:
         self._stream = stream if stream is not None else sys.stderr
         is_tty = self._stream.isatty() if tty is None else tty
-        self._enabled = is_tty if enabled is None else enabled
+        self._enabled = enabled
         self._tty = is_tty
         self._interval = interval
         self._lock = threading.Lock()
@@ -58,8 +60,7 @@ class ProgressDisplay:
         self._done = 0
         self._files_total = 0
         self._files_done = 0
-        self._sizes: dict[str, int] = {}
-        self._file_bytes: dict[str, int] = {}
+        self._lines = 0
         self._file_bars: dict[str, tqdm[Any]] = {}
         self._bar: tqdm[Any] | None = None
         self._started = time.monotonic()
@@ -103,7 +104,8 @@ class ProgressDisplay:
         if not self._enabled:
             return
         with self._lock:
-            if isinstance(event, BytesTransferred):
+            # Resumed bytes count as done: the bar shows what is on disk.
+            if isinstance(event, BytesTransferred | FileResumed):
                 self._done += event.bytes
                 if self._bar is not None:
                     self._bar.update(event.bytes)
@@ -113,7 +115,6 @@ class ProgressDisplay:
             elif isinstance(event, FileQueued):
                 self._total += event.size
                 self._files_total += 1
-                self._sizes[event.path] = event.size
                 if self._bar is not None:
                     self._bar.total = self._total
                     self._bar.refresh()
@@ -128,9 +129,9 @@ class ProgressDisplay:
                     bar.close()
                 if self._bar is not None:
                     self._bar.set_postfix_str(f"{self._files_done}/{self._files_total} files")
-            elif isinstance(event, PullFinished) and self._ticker is not None:
-                self._stream.write(self._status_line() + "\n")
-                self._stream.flush()
+            elif isinstance(event, PullFinished) and self._lines:
+                # Close a run of periodic lines with the final state.
+                self._write(self._status_line())
 
     def _shape(self) -> dict[str, Any]:
         # A terminal whose size was never set (a bare pty) reports 0x0, and tqdm then
@@ -171,9 +172,12 @@ class ProgressDisplay:
             f"{rate / 1e6:.1f} MB/s, ETA {eta_text}"
         )
 
+    def _write(self, line: str) -> None:
+        self._stream.write(line + "\n")
+        self._stream.flush()
+        self._lines += 1
+
     def _tick(self) -> None:
         while not self._stopped.wait(self._interval):
             with self._lock:
-                line = self._status_line()
-            self._stream.write(line + "\n")
-            self._stream.flush()
+                self._write(self._status_line())

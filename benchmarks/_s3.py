@@ -1,0 +1,39 @@
+"""What the helper scripts share: the boto3 client every boto3 arm uses, and the listing.
+
+The client reads its endpoint and keys from the environment the benchmark sets
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), addresses buckets in the path, and
+asks for checksums only when an operation requires them, so botocore neither adds
+flexible-checksum headers nor validates them on GETs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+__all__ = ["list_prefix", "make_client"]
+
+
+def make_client(max_pool_connections: int = 10) -> Any:
+    """A path-style S3 client on ``AWS_ENDPOINT_URL``; 10 pooled connections is botocore's default."""
+    return boto3.client(
+        "s3",
+        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+        config=Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            max_pool_connections=max_pool_connections,
+        ),
+    )
+
+
+def list_prefix(client: Any, bucket: str, prefix: str) -> list[tuple[str, int]]:
+    """``(key, size)`` of every object under ``prefix``, with ListObjectsV2 pages."""
+    found: list[tuple[str, int]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        found.extend((obj["Key"], obj["Size"]) for obj in page.get("Contents", ()))
+    return found
