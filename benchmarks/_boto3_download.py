@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _s3 import list_prefix, make_client
 from boto3.s3.transfer import TransferConfig
+
+from _s3 import list_prefix, make_client
 
 MiB = 1 << 20
 AIBRIX = TransferConfig(

@@ -18,7 +18,7 @@ __all__ = ["list_prefix", "make_client"]
 
 
 def make_client(max_pool_connections: int = 10) -> Any:
-    """A path-style S3 client on ``AWS_ENDPOINT_URL``; 10 pooled connections is botocore's default."""
+    """A path-style S3 client on ``AWS_ENDPOINT_URL``; 10 connections is botocore's default."""
     return boto3.client(
         "s3",
         endpoint_url=os.environ["AWS_ENDPOINT_URL"],

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import tos
+
 from _s3 import list_prefix, make_client
 
 MiB = 1 << 20
@@ -45,9 +46,7 @@ def main() -> None:
         target = args.dest / key[len(args.prefix) :]
         target.parent.mkdir(parents=True, exist_ok=True)
         # The bucket is not in the URL (see above); the whole S3 key goes in the path.
-        client.download_file(
-            args.bucket, key, str(target), part_size=PART_SIZE, task_num=TASK_NUM
-        )
+        client.download_file(args.bucket, key, str(target), part_size=PART_SIZE, task_num=TASK_NUM)
 
 
 if __name__ == "__main__":

@@ -140,3 +140,36 @@ def test_journal_of_another_version_is_not_trusted(
     assert rerun.returncode == 0, err
     assert (tmp_path / "w.bin").read_bytes() == new
     assert sum(r.body_bytes for r in proxy.log if r.method == "GET" and "w.bin" in r.path) == SIZE
+
+
+def test_status_lines_when_stderr_is_a_pipe(
+    rclone_store: S3Store, slow: tuple[FaultProxy, str], tmp_path: Path
+) -> None:
+    proxy, bucket = slow
+    env = rclone_store.env() | {"AWS_ENDPOINT_URL": proxy.url}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "modelpull",
+            "pull",
+            f"s3://{bucket}/m/",
+            str(tmp_path),
+            "--progress-interval",
+            "0.3",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    # Plain lines for container logs: no carriage returns, no bar drawing.
+    assert len(lines) >= 3
+    assert "\r" not in proc.stderr
+    assert all(
+        line.startswith("modelpull: ") and "MB/s" in line and "files" in line for line in lines
+    )
+    assert "24.00 MiB / 24.00 MiB (100%), 1/1 files" in lines[-1]
