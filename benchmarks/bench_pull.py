@@ -87,6 +87,7 @@ FAULT_ARMS = ("modelpull-proxy", "modelpull-proxy-resets")
 ALL_ARMS = DEFAULT_ARMS + FAULT_ARMS
 PROXY_ARMS = frozenset(FAULT_ARMS)
 NO_OUTPUT_ARMS = frozenset({"ceiling"})
+STATE_DIR = ".modelpull"
 
 
 # --- the model folder ------------------------------------------------------------------
@@ -148,8 +149,14 @@ def sha256_file(path: Path) -> str:
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every file below ``folder`` (hashed in parallel)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    """Relative path -> SHA-256 of every file below ``folder`` (hashed in parallel).
+
+    modelpull's own state folder (``.modelpull/``: resume records and locks) is no part
+    of the model, so it is left out.
+    """
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] != STATE_DIR
+    )
     with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
         digests = list(pool.map(sha256_file, files))
     return {p.relative_to(folder).as_posix(): d for p, d in zip(files, digests, strict=True)}
@@ -176,7 +183,7 @@ def verify(dest: Path, expected: dict[str, str], arm: str) -> None:
     wrong = sorted(k for k in expected.keys() & got.keys() if got[k] != expected[k])
     raise RuntimeError(
         f"{arm}: destination differs from the source: "
-        f"missing {missing}, unexpected {extra}, wrong bytes {wrong}"
+        f"missing {missing[:5]}, unexpected {extra[:5]}, wrong bytes {wrong[:5]}"
     )
 
 
@@ -407,29 +414,37 @@ def clean_env(ctx: Context, arm: Arm, access_key: str, secret_key: str) -> dict[
 def run_once(
     arm: Arm, command: list[str], env: dict[str, str], logs: Path, total_bytes: int
 ) -> tuple[float, float, float]:
-    """Run ``command``; its wall seconds, peak RSS (MB) and CPU seconds. Raises on failure."""
+    """Run ``command``; its wall seconds, peak RSS (MB) and CPU seconds. Raises on failure.
+
+    Through ``_measure.py``, which times the command with ``perf_counter`` and reads
+    ``wait4``'s rusage: see its docstring for why the command is not spawned from here.
+    """
+    measured = logs / f"{arm.name}.json"
+    launcher = [sys.executable, "-I", "-S", str(HERE / "_measure.py"), str(measured)]
     stdout = (logs / f"{arm.name}.out").open("wb")
     stderr = (logs / f"{arm.name}.err").open("wb")
     with stdout, stderr:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env
+        done = subprocess.run(
+            [*launcher, *command],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            check=False,
         )
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-    # wait4 reaped it: tell Popen, so it does not wait again.
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    if done.returncode != 0:
         tail = (logs / f"{arm.name}.err").read_text(errors="replace")[-3000:]
         raise RuntimeError(
-            f"{arm.name} exited with {proc.returncode}: {shlex.join(command)}\n{tail}"
+            f"{arm.name} exited with {done.returncode}: {shlex.join(command)}\n{tail}"
         )
+    usage = json.loads(measured.read_text())
     if arm.name in NO_OUTPUT_ARMS:
         reported = json.loads((logs / f"{arm.name}.out").read_text())["bytes"]
         if reported != total_bytes:
             raise RuntimeError(f"{arm.name} read {reported} bytes, not {total_bytes}")
-    # ru_maxrss is in KiB on Linux: the largest RSS of the process and its waited children.
-    return seconds, usage.ru_maxrss * 1024 / MB, usage.ru_utime + usage.ru_stime
+    # ru_maxrss is in KiB on Linux: the largest RSS of the command (and of any child it
+    # waited for), not their sum.
+    return usage["seconds"], usage["maxrss_kib"] * 1024 / MB, usage["cpu_seconds"]
 
 
 def rotated(arms: Sequence[str], round_index: int) -> list[str]:
@@ -589,7 +604,7 @@ def markdown(
     if goals:
         lines += ["", "| target | value | goal | met |", "|---|---:|---|---|"]
         for t in goals:
-            lines.append(f"| {t.name} | {t.value:.2f} | {t.goal} | {'yes' if t.met else 'NO'} |")
+            lines.append(f"| {t.name} | {t.value:.3f} | {t.goal} | {'yes' if t.met else 'NO'} |")
     lines += ["", "| machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in info.items()]
     lines += ["", "Arms:", ""]
@@ -772,7 +787,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     document = {
         "params": params,
         "machine": info,
-        "summary": {k: {**asdict(v), "runs": None} for k, v in summaries.items()},
+        "summary": {
+            k: {f: x for f, x in asdict(v).items() if f != "runs"} for k, v in summaries.items()
+        },
         "targets": [asdict(t) for t in goals],
         "runs": [asdict(r) for r in runs],
         "failed": failed,

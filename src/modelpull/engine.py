@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Collection, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +64,7 @@ from modelpull.ratelimit import RateLimiter
 from modelpull.retry import RetryPolicy
 from modelpull.state import Record, StateDir
 
-__all__ = ["Engine", "FileOutcome", "StopSignal"]
+__all__ = ["Engine", "FileOutcome", "StopSignal", "split_parts"]
 
 log = logging.getLogger("modelpull")
 
@@ -78,7 +78,7 @@ MAX_REFETCHES = 2
 
 @dataclass
 class FileOutcome:
-    """How one file ended: ``fetched``, ``skipped`` or ``failed``."""
+    """How one file ended: ``fetched``, ``skipped``, ``partial`` (see ``only``) or ``failed``."""
 
     path: str
     size: int
@@ -94,9 +94,10 @@ class _Job:
     remote: RemoteFile
     final: Path
     temp: Path
-    state: str = "pending"  # pending, active, restarting, done, failed, reused
+    state: str = "pending"  # pending, active, restarting, done, partial, failed, reused
     generation: int = 0
     parts: list[tuple[int, int]] = field(default_factory=list)
+    wanted: set[int] | None = None  # None: every part
     journal: Journal | None = None
     verifier: Verifier | None = None
     inflight: int = 0
@@ -171,8 +172,21 @@ class Engine:
 
     # -- planning ---------------------------------------------------------------------
 
-    def run(self, bucket: str, files: Sequence[RemoteFile], dest: Path) -> list[FileOutcome]:
-        """Fetch ``files`` into ``dest``; raise the first failure after stopping cleanly."""
+    def run(
+        self,
+        bucket: str,
+        files: Sequence[RemoteFile],
+        dest: Path,
+        *,
+        only: Mapping[str, Collection[int]] | None = None,
+    ) -> list[FileOutcome]:
+        """Fetch ``files`` into ``dest``; raise the first failure after stopping cleanly.
+
+        ``only`` restricts the pull to some parts (indices of :func:`split_parts`) of some
+        files: those are fetched into the temp file and recorded in its journal, and the
+        file is left ``partial`` for another run (or another source of the other parts,
+        as the cluster pull is) to complete. Files not in ``only`` are left alone.
+        """
         self._bucket = bucket
         self._dest = dest
         self._dest_real = dest.resolve()
@@ -186,6 +200,8 @@ class Engine:
         outcomes: list[FileOutcome] = []
         jobs: list[_Job] = []
         for remote in files:
+            if only is not None and remote.path not in only:
+                continue
             final = dest / remote.path
             if not self._config.force and self._state.is_complete(remote.path, final, remote.obj):
                 self._emit(FileSkipped(path=remote.path, size=remote.obj.size))
@@ -193,6 +209,8 @@ class Engine:
                 continue
             job = _Job(remote=remote, final=final, temp=self._state.temp_path(remote.path))
             job.parts = self._split(remote.obj.size)
+            if only is not None:
+                job.wanted = set(only[remote.path])
             jobs.append(job)
         self._check_free_space(jobs)
         # Small files first: configs and tokenizers land early, shards keep workers busy.
@@ -200,14 +218,14 @@ class Engine:
         self._queue = _Queue(len(jobs))
         for job in jobs:
             self._emit(FileQueued(path=job.path, size=job.obj.size, parts=len(job.parts)))
-            self._queue.put([(job, 0, i) for i in range(len(job.parts))])
+            wanted = range(len(job.parts)) if job.wanted is None else sorted(job.wanted)
+            self._queue.put([(job, 0, i) for i in wanted])
         self._work(jobs)
         outcomes.extend(job.outcome for job in jobs if job.outcome is not None)
         return outcomes
 
     def _split(self, size: int) -> list[tuple[int, int]]:
-        step = self._config.part_size
-        return [(start, min(size, start + step)) for start in range(0, size, step)] or [(0, 0)]
+        return split_parts(size, self._config.part_size)
 
     def _check_free_space(self, jobs: Sequence[_Job]) -> None:
         needed = sum(job.obj.size for job in jobs)
@@ -305,6 +323,15 @@ class Engine:
         if self._config.verify != "off":
             # HEAD asks for the checksums a listing lacks, and sees a replaced object.
             fresh = self._call(lambda: self._backend.head(self._bucket, job.obj.key))
+            if job.wanted is not None and fresh.etag != job.obj.etag:
+                # Part indices were planned against the listed version; they mean
+                # nothing for another one.
+                raise ObjectChangedError(
+                    f"{job.obj.key} changed since it was planned",
+                    bucket=self._bucket,
+                    key=job.obj.key,
+                    code="ETagMismatch",
+                )
             if fresh.etag != job.obj.etag or fresh.size != job.obj.size:
                 job.remote = RemoteFile(obj=fresh, path=job.path)
                 job.parts = self._split(fresh.size)
@@ -452,7 +479,7 @@ class Engine:
             if crcs is None or job.journal is None:
                 return
             job.journal.done[index] = crcs
-            if len(job.parts) > 1:
+            if len(job.parts) > 1 or job.wanted is not None:
                 if self._config.fsync and job.fd is not None:
                     os.fdatasync(job.fd)
                 job.journal.save()
@@ -463,7 +490,11 @@ class Engine:
     def _check_complete(self, job: _Job) -> None:
         """With the job's mutex held: verify and place the file once every part is in."""
         journal = job.journal
-        if job.state != "active" or journal is None or len(journal.done) < len(job.parts):
+        if job.state != "active" or journal is None:
+            return
+        if len(journal.done) < len(job.parts):
+            if job.wanted is not None and job.wanted.issubset(journal.done):
+                self._leave_partial(job)
             return
         fd, verifier = job.fd, job.verifier
         assert fd is not None and verifier is not None
@@ -495,6 +526,18 @@ class Engine:
             job.path, job.obj.size, "fetched", seconds, tuple(verified), job.resumed_bytes
         )
         self._emit(FileDone(path=job.path, size=job.obj.size, seconds=seconds))
+        self._release(job)
+        self._queue.job_ended()
+
+    def _leave_partial(self, job: _Job) -> None:
+        """The wanted parts are in: keep the temp file and journal for whoever completes it."""
+        if job.fd is not None:
+            os.close(job.fd)
+            job.fd = None
+        assert job.journal is not None
+        job.journal.save()
+        job.state = "partial"
+        job.outcome = FileOutcome(job.path, job.obj.size, "partial", time.monotonic() - job.started)
         self._release(job)
         self._queue.job_ended()
 
@@ -616,6 +659,13 @@ class StopSignal(KeyboardInterrupt):
 
 class _Stopped(Exception):
     """Raised inside a worker to abandon a part once the pull is stopping."""
+
+
+def split_parts(size: int, part_size: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` ranges a file of ``size`` bytes is fetched in; one for size 0."""
+    return [(start, min(size, start + part_size)) for start in range(0, size, part_size)] or [
+        (0, 0)
+    ]
 
 
 def _status_of(exc: BaseException) -> str:

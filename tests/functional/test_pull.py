@@ -248,3 +248,31 @@ def test_broken_observer_does_not_fail_the_pull(
         observers=[broken],
     )
     assert result.files_fetched == len(files)
+
+
+def test_partial_pull_then_completion(store: S3Store, tmp_path: Path) -> None:
+    """``only`` fetches some parts and leaves the rest for a later run (the cluster pull's base)."""
+    from modelpull.backends import make_backend
+    from modelpull.engine import Engine
+    from modelpull.plan import list_remote
+    from modelpull.uri import parse_uri
+
+    bucket = store.new_bucket()
+    data = os.urandom(4 * MiB)
+    store.put(bucket, "m/w.bin", data)
+    cfg = store.config(part_size=1 * MiB)
+    backend = make_backend(cfg, store.credentials)
+    files = list_remote(backend, parse_uri(f"s3://{bucket}/m/"))
+    seen: list[Event] = []
+    outcomes = Engine(backend, cfg, seen.append).run(
+        bucket, files, tmp_path, only={"w.bin": {0, 2}}
+    )
+    assert [o.status for o in outcomes] == ["partial"]
+    assert not (tmp_path / "w.bin").exists()
+    assert sum(e.bytes for e in seen if isinstance(e, BytesTransferred)) == 2 * MiB
+
+    result = modelpull.pull(
+        f"s3://{bucket}/m/", tmp_path, config=cfg, credentials=store.credentials
+    )
+    assert result.bytes_downloaded == 2 * MiB
+    assert (tmp_path / "w.bin").read_bytes() == data

@@ -251,12 +251,14 @@ def to_pull(
         raise UsageError("--download-extra-config ak and sk go together: pass both or neither")
     else:
         credentials = None
+    force = settings.force_download or not settings.check_file_exist
+    if force:
+        values["force"] = True
     if uri.scheme == "tos":
         config = tos_compat.config_for_tos(env, **values)
         credentials = tos_compat.resolve_credentials(config, credentials, env)
     else:
         config = PullConfig.from_env(env, **values)
-    force = settings.force_download or not settings.check_file_exist
     return AibrixPull(config=config, credentials=credentials, force=force)
 
 

@@ -1,0 +1,470 @@
+"""Prometheus metrics of a pull: an engine observer, an HTTP endpoint and a textfile.
+
+Needs the optional ``[metrics]`` extra (prometheus-client); importing this module
+without it raises :class:`~modelpull.errors.BackendUnavailableError`, so the core
+package, which never imports it, works without the extra.
+
+Every series carries ``backend`` and ``bucket`` and nothing per object: keys would make
+the cardinality unbounded. ``docs/metrics.md`` lists the metrics and example alerts.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from socketserver import ThreadingMixIn
+from types import TracebackType
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from modelpull.errors import (
+    BackendUnavailableError,
+    DestinationError,
+    IntegrityError,
+    UsageError,
+)
+from modelpull.events import (
+    BytesTransferred,
+    Event,
+    FileDone,
+    FileFailed,
+    FileResumed,
+    FileSkipped,
+    FileVerified,
+    PartRetried,
+    PullFinished,
+    PullStarted,
+    RequestFinished,
+    RequestStarted,
+)
+
+try:
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        Histogram,
+        make_wsgi_app,
+        write_to_textfile,
+    )
+    from prometheus_client.metrics_core import CounterMetricFamily, Metric
+except ImportError as exc:  # the optional [metrics] extra
+    raise BackendUnavailableError(
+        "metrics need prometheus-client: pip install 'modelpull[metrics]'"
+    ) from exc
+
+__all__ = [
+    "DEFAULT_METRICS_ADDR",
+    "FILE_BUCKETS",
+    "INTEGRITY_RETRY_REASON",
+    "REQUEST_BUCKETS",
+    "MetricsObserver",
+    "MetricsServer",
+    "check_textfile_path",
+    "export_metrics",
+    "parse_listen",
+    "serve",
+    "write_textfile",
+]
+
+# All interfaces, as Prometheus exporters do: the scraper is usually on another host.
+DEFAULT_METRICS_ADDR = "0.0.0.0"  # noqa: S104
+# Seconds. One histogram serves both phases of a request (see docs/metrics.md): time to
+# first byte sits in the low buckets, a whole 32 MiB part in the high ones.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Seconds per file, from a config.json to a 10 GB shard on a slow link.
+FILE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+# A PartRetried with this reason means a whole file failed its checksum and is fetched
+# again; it counts as an integrity failure as well as a retry.
+INTEGRITY_RETRY_REASON = "integrity"
+
+_LABELS = ("backend", "bucket")
+
+log = logging.getLogger("modelpull")
+
+
+class _PerThreadSum:
+    """A sum that threads add to without a lock; readers add up every thread's cell.
+
+    Each cell has one writer (its thread), so no increment is lost, and a reader sees
+    each cell's latest whole value. This keeps the once-per-MiB byte count at a
+    thread-local lookup instead of prometheus-client's mutex.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._cells: list[list[int]] = []
+        self._lock = threading.Lock()  # only when a thread adds its first bytes
+
+    def add(self, n: int) -> None:
+        try:
+            cell: list[int] = self._local.cell
+        except AttributeError:
+            cell = self._local.cell = [0]
+            with self._lock:
+                self._cells.append(cell)
+        cell[0] += n
+
+    def value(self) -> int:
+        with self._lock:
+            cells = tuple(self._cells)
+        return sum(cell[0] for cell in cells)
+
+
+class _BytesCollector:
+    """Exposes the per-thread sum as ``modelpull_bytes_downloaded_total`` at scrape time."""
+
+    def __init__(self, total: _PerThreadSum, labels: tuple[str, str]) -> None:
+        self._total = total
+        self._labels = labels
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "modelpull_bytes_downloaded",
+            "Bytes received from the store and written to temp files (failed attempts "
+            "included; see modelpull_bytes_discarded_total).",
+            labels=_LABELS,
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        family.add_metric(list(self._labels), float(self._total.value()))
+        return [family]
+
+
+class MetricsObserver:
+    """An engine observer that records a pull's metrics on ``registry``.
+
+    ``registry`` defaults to a fresh private :class:`CollectorRegistry`, so two pulls in
+    one process never collide; pass your own to serve several pulls from one endpoint
+    (one observer per registry and bucket: a second one for the same labels raises
+    ``ValueError: Duplicated timeseries``). ``backend`` and ``bucket`` label every
+    series; they are given here rather than learnt from ``PullStarted`` because listing
+    retries come before that event, and so that every counter is exported at 0 from the
+    start (a counter that appears at its first increment hides that increment from
+    ``rate()``).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        backend: str,
+        bucket: str,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels = (backend, bucket)
+        self._labels = labels
+        reg = self.registry
+
+        def counter(name: str, doc: str, *extra: str) -> Counter:
+            return Counter(name, doc, [*_LABELS, *extra], registry=reg)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, _LABELS, registry=reg)
+
+        self._bytes = _PerThreadSum()
+        reg.register(_BytesCollector(self._bytes, labels))
+        self._discarded = counter(
+            "modelpull_bytes_discarded", "Downloaded bytes thrown away to refetch a file."
+        ).labels(*labels)
+        self._resumed = counter(
+            "modelpull_bytes_resumed", "Bytes kept from an interrupted earlier pull."
+        ).labels(*labels)
+        self._files_done = counter(
+            "modelpull_files_downloaded", "Files fetched, verified and in place."
+        ).labels(*labels)
+        self._files_skipped = counter(
+            "modelpull_files_skipped", "Files already complete in the destination."
+        ).labels(*labels)
+        self._files_failed = counter(
+            "modelpull_files_failed", "Files that failed for good."
+        ).labels(*labels)
+        self._integrity = counter(
+            "modelpull_integrity_failures",
+            "Files whose bytes did not match the store's checksum (refetched or failed).",
+        ).labels(*labels)
+        self._requests = counter(
+            "modelpull_requests",
+            "Requests to the store by method and HTTP status (or error reason).",
+            "method",
+            "status",
+        )
+        self._retries = counter(
+            "modelpull_retries", "Retries by reason (HTTP status, error code, network).", "reason"
+        )
+        self._verified = counter(
+            "modelpull_checksums_verified", "Checksums that matched, by kind.", "kind"
+        )
+        self._request_seconds = Histogram(
+            "modelpull_request_duration_seconds",
+            "Request latency: phase=first_byte until the response headers, "
+            "phase=total until the last byte.",
+            [*_LABELS, "method", "phase"],
+            registry=reg,
+            buckets=REQUEST_BUCKETS,
+        )
+        self._file_seconds = Histogram(
+            "modelpull_file_download_duration_seconds",
+            "Seconds from a file's first request to its verified rename.",
+            _LABELS,
+            registry=reg,
+            buckets=FILE_BUCKETS,
+        ).labels(*labels)
+        self._inflight = gauge(
+            "modelpull_inflight_requests", "Requests to the store in flight now."
+        ).labels(*labels)
+        self._planned_files = gauge(
+            "modelpull_planned_files", "Files the pull covers, already complete ones included."
+        ).labels(*labels)
+        self._planned_bytes = gauge(
+            "modelpull_planned_bytes", "Bytes the pull covers, already complete ones included."
+        ).labels(*labels)
+        self._success = gauge(
+            "modelpull_pull_success", "1 when the pull ended complete, 0 when it failed."
+        )
+        self._duration = gauge("modelpull_pull_duration_seconds", "Seconds the pull took.")
+        self._ended = gauge(
+            "modelpull_pull_end_timestamp_seconds", "Unix time at which the pull ended."
+        )
+        # Children of labelled metrics, bound once: .labels() takes a lock each call.
+        self._children: dict[tuple[int | str, ...], Any] = {}
+        for method in ("GET", "HEAD"):
+            self._child(self._request_seconds, method, "first_byte")
+            self._child(self._request_seconds, method, "total")
+
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        key: tuple[int | str, ...] = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, metric.labels(*self._labels, *values))
+        return child
+
+    def __call__(self, event: Event) -> None:
+        # Most frequent first: one event per I/O chunk (1 MiB) from every worker.
+        if type(event) is BytesTransferred:
+            if event.bytes >= 0:
+                self._bytes.add(event.bytes)
+            else:
+                self._discarded.inc(-event.bytes)
+            return
+        match event:
+            case RequestStarted():
+                self._inflight.inc()
+            case RequestFinished():
+                self._inflight.dec()
+                self._child(self._requests, event.method, event.status).inc()
+                if event.first_byte_seconds is not None:
+                    first = self._child(self._request_seconds, event.method, "first_byte")
+                    first.observe(event.first_byte_seconds)
+                self._child(self._request_seconds, event.method, "total").observe(event.seconds)
+            case FileDone():
+                self._files_done.inc()
+                self._file_seconds.observe(event.seconds)
+            case FileSkipped():
+                self._files_skipped.inc()
+            case FileResumed():
+                self._resumed.inc(event.bytes)
+            case FileVerified():
+                self._child(self._verified, event.kind).inc()
+            case PartRetried():
+                self._child(self._retries, event.reason).inc()
+                if event.reason == INTEGRITY_RETRY_REASON:
+                    self._integrity.inc()
+            case FileFailed():
+                self._files_failed.inc()
+                if isinstance(event.error, IntegrityError):
+                    self._integrity.inc()
+            case PullStarted():
+                self._planned_files.set(event.files)
+                self._planned_bytes.set(event.bytes)
+            case PullFinished():
+                self._success.labels(*self._labels).set(1 if event.ok else 0)
+                self._duration.labels(*self._labels).set(event.seconds)
+                self._ended.labels(*self._labels).set(time.time())
+            case _:
+                pass
+
+
+# -- the /metrics endpoint ---------------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log on stderr: it would interleave with progress and logs."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    # A slow scraper must not hold up another, nor keep the process alive at exit.
+    daemon_threads = True
+
+
+class MetricsServer:
+    """``/metrics`` served over HTTP from a daemon thread until :meth:`close`.
+
+    Made here rather than with ``prometheus_client.start_http_server`` because that
+    returns no handle before 0.20 and, even then, never frees the port; a context
+    manager.
+    """
+
+    def __init__(
+        self, port: int, registry: CollectorRegistry, *, addr: str = DEFAULT_METRICS_ADDR
+    ) -> None:
+        # An IPv6 address needs an AF_INET6 socket; WSGIServer's default is AF_INET.
+        info = socket.getaddrinfo(
+            addr or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        server_class = type("_Server", (_ThreadingServer,), {"address_family": info[0]})
+        self._httpd: WSGIServer = make_server(
+            str(info[4][0]),
+            port,
+            make_wsgi_app(registry),
+            server_class=server_class,
+            handler_class=_QuietHandler,
+        )
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="modelpull-metrics", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return str(self._httpd.server_address[0])
+
+    @property
+    def port(self) -> int:
+        """The bound port: the one asked for, or the one chosen for port 0."""
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Where to scrape from this host (loopback when bound to all interfaces)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.address, self.address)  # noqa: S104
+        return (
+            f"http://[{host}]:{self.port}/metrics"
+            if ":" in host
+            else (f"http://{host}:{self.port}/metrics")
+        )
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``PORT``, ``ADDR:PORT`` or ``[IPv6]:PORT`` as given to ``--metrics-port``."""
+    addr, sep, port_text = value.rpartition(":")
+    if not sep:
+        addr = DEFAULT_METRICS_ADDR
+    elif addr.startswith("[") and addr.endswith("]"):
+        addr = addr[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535 or (sep and not addr):
+        raise UsageError(f"--metrics-port must be PORT or ADDR:PORT (0-65535), not {value!r}")
+    return addr, port
+
+
+def serve(
+    port: int, registry: CollectorRegistry, *, addr: str = DEFAULT_METRICS_ADDR
+) -> MetricsServer:
+    """Serve ``registry`` on ``http://addr:port/metrics`` (all interfaces by default).
+
+    Port 0 picks a free port (see :attr:`MetricsServer.port`). A port in use or an
+    address that cannot be bound raises :class:`~modelpull.errors.UsageError`.
+    """
+    try:
+        return MetricsServer(port, registry, addr=addr)
+    except OSError as exc:
+        why = "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise UsageError(f"cannot serve metrics on {addr}:{port}: {why}") from exc
+
+
+# -- the node_exporter textfile -----------------------------------------------------------
+
+
+def check_textfile_path(path: str | os.PathLike[str]) -> None:
+    """Fail before the pull when the textfile's folder is missing or not writable."""
+    folder = os.path.dirname(os.path.abspath(path))  # noqa: PTH100, PTH120
+    if not os.path.isdir(folder):  # noqa: PTH112
+        raise UsageError(f"--metrics-file: no such folder: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--metrics-file: cannot write to {folder}")
+
+
+def write_textfile(path: str | os.PathLike[str], registry: CollectorRegistry) -> None:
+    """Write ``registry`` to ``path`` in the text format node_exporter's textfile reads.
+
+    Atomic: prometheus-client writes a temp file beside ``path`` and renames it over, so
+    a collector never reads half a file (name it ``*.prom`` for the textfile collector;
+    the temp name does not end in ``.prom``). Raises
+    :class:`~modelpull.errors.DestinationError` when it cannot be written.
+    """
+    try:
+        write_to_textfile(os.fspath(path), registry)
+    except OSError as exc:
+        raise DestinationError(
+            f"cannot write metrics file {os.fspath(path)}: {exc.strerror or exc}",
+            errno=exc.errno,
+        ) from exc
+
+
+@contextmanager
+def export_metrics(
+    *,
+    backend: str,
+    bucket: str,
+    listen: str | None = None,
+    textfile: str | os.PathLike[str] | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Iterator[MetricsObserver]:
+    """The CLI's metrics: an observer, served on ``listen`` during the block, written
+    to ``textfile`` at its end, failed pulls included (they are what alerts need).
+
+    ``listen`` is ``--metrics-port``'s ``[ADDR:]PORT``. A textfile error after a failed
+    pull is logged rather than raised, so it never hides the pull's own error.
+    """
+    if textfile is not None:
+        check_textfile_path(textfile)
+    observer = MetricsObserver(registry, backend=backend, bucket=bucket)
+    server = None
+    if listen is not None:
+        addr, port = parse_listen(listen)
+        server = serve(port, observer.registry, addr=addr)
+    failed = True
+    try:
+        yield observer
+        failed = False
+    finally:
+        if server is not None:
+            server.close()
+        if textfile is not None:
+            try:
+                write_textfile(textfile, observer.registry)
+            except DestinationError:
+                if not failed:
+                    raise
+                log.exception("could not write the metrics file")
