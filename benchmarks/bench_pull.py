@@ -447,6 +447,13 @@ def run_once(
     return usage["seconds"], usage["maxrss_kib"] * 1024 / MB, usage["cpu_seconds"]
 
 
+def command_line(arm: Arm, ctx: Context) -> str:
+    """The arm's command as a shell line, with its endpoint and own variables."""
+    env = {"AWS_ENDPOINT_URL": arm.endpoint(ctx), **arm.env(ctx)}
+    assigns = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
+    return " ".join([*assigns, shlex.join(arm.command(ctx, Path("DEST")))])
+
+
 def rotated(arms: Sequence[str], round_index: int) -> list[str]:
     k = round_index % len(arms)
     return [*arms[k:], *arms[:k]]
@@ -605,6 +612,11 @@ def markdown(
         lines += ["", "| target | value | goal | met |", "|---|---:|---|---|"]
         for t in goals:
             lines.append(f"| {t.name} | {t.value:.3f} | {t.goal} | {'yes' if t.met else 'NO'} |")
+    resets = [
+        r.faults_fired for s in summaries.values() for r in s.runs if r.faults_fired is not None
+    ]
+    if resets:
+        lines += ["", f"Connection resets fired per modelpull-proxy-resets run: {resets}"]
     lines += ["", "| machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in info.items()]
     lines += ["", "Arms:", ""]
@@ -774,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "arms": arms,
         "modelpull_args": ctx.modelpull_args,
         "modelpull_env": ctx.modelpull_env,
-        "commands": {name: shlex.join(ARMS[name].command(ctx, Path("DEST"))) for name in arms},
+        "commands": {name: command_line(ARMS[name], ctx) for name in arms},
     }
     report = markdown(summaries, goals, info, params)
     if failed:

@@ -309,11 +309,11 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 class MetricsServer:
-    """``/metrics`` served over HTTP from a daemon thread until :meth:`close`.
+    """``/metrics`` served over HTTP from a daemon thread until :meth:`close` (or the
+    end of a ``with`` block).
 
     Made here rather than with ``prometheus_client.start_http_server`` because that
-    returns no handle before 0.20 and, even then, never frees the port; a context
-    manager.
+    returns no handle before 0.20, and its handle's ``shutdown`` leaves the port bound.
     """
 
     def __init__(
@@ -349,11 +349,9 @@ class MetricsServer:
     def url(self) -> str:
         """Where to scrape from this host (loopback when bound to all interfaces)."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.address, self.address)  # noqa: S104
-        return (
-            f"http://[{host}]:{self.port}/metrics"
-            if ":" in host
-            else (f"http://{host}:{self.port}/metrics")
-        )
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
         self._httpd.shutdown()
