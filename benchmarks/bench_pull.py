@@ -77,6 +77,7 @@ SMALL_FILES: dict[str, Any] = {
 DEFAULT_ARMS = (
     "modelpull",
     "modelpull-noverify",
+    "modelpull-strict",
     "boto3-default",
     "boto3-aibrix",
     "tos-sdk",
@@ -254,6 +255,28 @@ def anonymous_rclone(root: Path, scratch: Path) -> Iterator[str]:
         log.close()
 
 
+def upload(endpoint: str, access_key: str, secret_key: str, source: Path) -> None:
+    """PUT each file through the S3 API with a CRC-64/NVME checksum, as AWS S3 stores one
+    for every new object: rclone then publishes it (and its MD5 ETag) on HEAD.
+
+    rclone keeps checksums sent with a PUT in memory only, so the upload is redone for
+    every run of the benchmark (a few seconds) instead of serving files from disk.
+    """
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    for path in sorted(source.iterdir()):
+        with path.open("rb") as body:
+            client.put_object(
+                Bucket=BUCKET, Key=PREFIX + path.name, Body=body, ChecksumAlgorithm="CRC64NVME"
+            )
+
+
 def warm_up(endpoint: str, access_key: str, secret_key: str, anon_endpoint: str | None) -> None:
     """List the model so each rclone computes and caches its MD5 ETags before timing."""
     client = boto3.client(
@@ -344,6 +367,12 @@ ARMS: dict[str, Arm] = {
             "modelpull-noverify",
             "modelpull pull --no-progress --verify off",
             _modelpull(["--verify", "off"]),
+            _modelpull_env,
+        ),
+        Arm(
+            "modelpull-strict",
+            "modelpull pull --no-progress --verify strict (CRC64NVME and the MD5 ETag)",
+            _modelpull(["--verify", "strict"]),
             _modelpull_env,
         ),
         Arm(
@@ -682,14 +711,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.tmp, prefix="bench-")))
         data = args.data.resolve() if args.data else work / "data"
-        root = data / "s3"  # each folder below is a bucket
-        model = root / BUCKET / PREFIX.rstrip("/")
-        write_model(model, args.size_gib)  # before rclone starts: it caches listings
+        model = data / "source" / PREFIX.rstrip("/")
+        write_model(model, args.size_gib)
         expected = source_hashes(model, data / "source-sha256.json")
         total_bytes = sum((model / name).stat().st_size for name in expected)
 
+        root = work / "s3"  # each folder below is a bucket
+        (root / BUCKET).mkdir(parents=True)
         server = stack.enter_context(RcloneS3Server(root))
         creds = server.credentials
+        print("uploading the model with CRC64NVME checksums", file=sys.stderr)
+        upload(server.endpoint_url, creds.access_key, creds.secret_key, model)
         tos_endpoint = None
         if "tos-sdk" in arms:
             # Rooted at the bucket folder: the SDK's /bench-model/<file> is bucket + key.

@@ -1,4 +1,4 @@
-"""The default backend: botocore for credentials, signing and the S3 protocol.
+"""The default backend, ``boto3``: botocore for credentials, signing and the S3 protocol.
 
 Bodies are read straight from the socket into the engine's buffer (``readinto`` on the
 ``http.client`` response under urllib3), so a byte is copied once between the kernel and
@@ -16,8 +16,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import boto3
 import botocore.exceptions as bexc
+import botocore.session
 import urllib3.exceptions as uexc
 from botocore.config import Config
 
@@ -208,18 +208,17 @@ class Boto3Backend:
         )
         verify: bool | str = config.ca_bundle or config.verify_ssl
         try:
-            session = boto3.session.Session(
-                profile_name=config.profile,
-                aws_access_key_id=credentials.access_key if credentials else None,
-                aws_secret_access_key=credentials.secret_key if credentials else None,
-                aws_session_token=credentials.token if credentials else None,
-            )
-            self._client = session.client(
+            # botocore's session directly: boto3's own layer adds only import time here.
+            session = botocore.session.Session(profile=config.profile)
+            self._client = session.create_client(
                 "s3",
                 endpoint_url=endpoint,
                 region_name=config.region,
                 verify=verify,
                 config=botocore_config,
+                aws_access_key_id=credentials.access_key if credentials else None,
+                aws_secret_access_key=credentials.secret_key if credentials else None,
+                aws_session_token=credentials.token if credentials else None,
             )
         except ValueError as exc:  # botocore's "Invalid endpoint" and kin
             raise UsageError(f"invalid endpoint or region: {exc}") from None

@@ -11,9 +11,10 @@ import sys
 import threading
 import time
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 from modelpull.events import (
     BytesTransferred,
@@ -69,6 +70,9 @@ class ProgressDisplay:
 
     def __enter__(self) -> ProgressDisplay:
         if self._enabled and self._tty:
+            # Imported here: a pull without a terminal should not pay for it at startup.
+            from tqdm import tqdm
+
             self._bar = tqdm(
                 total=0,
                 unit="B",
@@ -147,6 +151,8 @@ class ProgressDisplay:
     def _open_file_bar(self, path: str, size: int) -> None:
         if size < FILE_BAR_MIN_SIZE or len(self._file_bars) >= MAX_FILE_BARS:
             return
+        from tqdm import tqdm
+
         self._file_bars[path] = tqdm(
             total=size,
             unit="B",

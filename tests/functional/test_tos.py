@@ -1,0 +1,717 @@
+"""tos:// against local S3 servers, the TOS SDK's knobs, and the tos-sdk backend.
+
+The boto3 engine speaks S3, so moto and ``rclone serve s3`` stand in for TOS's S3
+endpoint: ``TOS_ENDPOINT`` points at them and ``MODELPULL_ADDRESSING_STYLE=path``
+replaces TOS's virtual-hosted default.
+
+The TOS SDK needs more. It speaks TOS's native protocol, which no local server does, and
+found by experiment (tos 2.9):
+
+* It only builds virtual-hosted URLs (``bucket.host``), which loopback cannot resolve.
+  Its custom-domain mode (``is_custom_domain=True``, the backend's choice for
+  ``addressing_style="path"``) sends ``/<key>`` to the endpoint itself, so a path-style
+  server whose *root is the bucket's folder* serves it: the key's first segment is that
+  server's "bucket" (``models/llama/config.json`` is bucket ``models``, key
+  ``llama/config.json``). A second ``rclone serve s3`` over ``<rclone root>/<bucket>``
+  does that.
+* It signs with TOS4-HMAC-SHA256, which rclone's SigV4 check refuses, so that second
+  server runs without ``--auth-key`` (anonymous) on loopback.
+* moto cannot stand in: it routes a request by the service named in the signature's
+  scope ("tos" is unknown: 500), and answers anonymous reads of private objects with 403.
+* ``list_objects_type2`` reads TOS's JSON listing (S3's is XML), and TOS's errors are JSON
+  with ``x-tos-request-id``. :class:`TosFront` answers listings from the folder on disk
+  and injected errors itself, and forwards everything else to the anonymous rclone,
+  adding ``x-tos-hash-crc64ecma`` where a test asks for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+import tos
+
+import modelpull
+from modelpull.backends.base import ObjectInfo
+from modelpull.backends.boto3 import Boto3Backend
+from modelpull.backends.tos_sdk import TosSdkBackend
+from modelpull.checksums import CRC_KINDS
+from modelpull.compat import CompatWarning
+from modelpull.compat.tos import config_for_tos, from_sdk, resolve_credentials
+from modelpull.config import PullConfig
+from modelpull.credentials import Credentials
+from modelpull.demo.rclone import RcloneS3Server, find_rclone
+from modelpull.events import BytesTransferred, Event, FileVerified
+from tests.faults.proxy import FaultProxy, Rule, delay, set_headers, status
+from tests.helpers import S3Store
+
+MiB = 1 << 20
+REGION = "cn-beijing"
+
+
+def model_files() -> dict[str, bytes]:
+    rng = __import__("random").Random(11)
+    return {
+        "config.json": b'{"architectures": ["LlamaForCausalLM"]}',
+        "tokenizer.json": b'{"model": {"type": "BPE"}}' * 40,
+        "model-00001-of-00002.safetensors": rng.randbytes(3 * MiB + 17),
+        "model-00002-of-00002.safetensors": rng.randbytes(MiB + 5),
+        "sub/notes.txt": b"hello",
+    }
+
+
+FILES = model_files()
+WEIGHTS = "model-00001-of-00002.safetensors"
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and ".modelpull" not in p.relative_to(root).parts
+    }
+
+
+def crc64(data: bytes) -> str:
+    kind = CRC_KINDS["crc64ecma"]
+    return kind.encode(kind.compute(data))
+
+
+@pytest.fixture
+def bucket(store: S3Store) -> str:
+    name = store.new_bucket()
+    store.put_tree(name, "models/llama/", FILES)
+    return name
+
+
+def tos_env(store: S3Store, endpoint: str | None = None) -> dict[str, str]:
+    """What a TOS deployment sets, pointed at a local server; no AWS_* at all."""
+    return {
+        "TOS_ACCESS_KEY": store.credentials.access_key,
+        "TOS_SECRET_KEY": store.credentials.secret_key,
+        "TOS_ENDPOINT": endpoint or store.endpoint_url,
+        "TOS_REGION": REGION,
+        "MODELPULL_ADDRESSING_STYLE": "path",
+    }
+
+
+def tos_pull(uri: str, dest: Path, env: dict[str, str], **kwargs: Any) -> modelpull.PullResult:
+    config = config_for_tos(env)
+    credentials = resolve_credentials(config, None, env)
+    return modelpull.pull(uri, dest, config=config, credentials=credentials, **kwargs)
+
+
+# --- tos:// on the boto3 engine ---------------------------------------------------------
+
+
+def test_tos_uri_with_tos_variables(store: S3Store, bucket: str, tmp_path: Path) -> None:
+    env = tos_env(store)
+    result = tos_pull(f"tos://{bucket}/models/llama/", tmp_path / "out", env)
+    assert tree(tmp_path / "out") == FILES
+    assert result.config["addressing_style"] == "path"
+    assert result.config["endpoint_url"] == store.endpoint_url
+    assert result.config["region"] == REGION
+
+
+def test_tos_keys_rank_above_the_aws_chain(
+    rclone_store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rclone checks signatures, so which keys signed is visible.
+    bucket = rclone_store.new_bucket()
+    rclone_store.put(bucket, "m/config.json", b"{}")
+    uri = f"tos://{bucket}/m/"
+    good = rclone_store.credentials
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", good.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", good.secret_key)
+    wrong = tos_env(rclone_store) | {"TOS_SECRET_KEY": "not-the-secret"}
+    with pytest.raises(modelpull.AccessDeniedError) as info:
+        tos_pull(uri, tmp_path / "a", wrong)
+    assert info.value.status == 403
+    # Without TOS_* keys, boto3's chain (AWS_* here) is the fallback.
+    fallback = {k: v for k, v in tos_env(rclone_store).items() if "KEY" not in k}
+    assert tos_pull(uri, tmp_path / "b", fallback).files_fetched == 1
+
+
+def test_tos_native_endpoint_is_mapped_before_use() -> None:
+    cfg = config_for_tos({"TOS_ENDPOINT": "tos-cn-beijing.ivolces.com"})
+    backend = Boto3Backend(cfg, Credentials("ak", "sk"))
+    try:
+        # botocore builds virtual-hosted URLs on the S3 twin of the native endpoint.
+        client: Any = backend._client
+        url = client.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"})
+    finally:
+        backend.close()
+    assert url.startswith("https://b.tos-s3-cn-beijing.ivolces.com/k?")
+
+
+def cli(store: S3Store, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in store.env().items() if not k.startswith(("AWS_", "MODELPULL_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "modelpull", *args],
+        env=base | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_pulls_tos_uri_with_tos_variables(store: S3Store, bucket: str, tmp_path: Path) -> None:
+    env = tos_env(store)
+    done = cli(store, env, "pull", f"tos://{bucket}/models/llama/", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert tree(tmp_path / "out") == FILES
+
+
+def test_cli_addressing_style_flag_for_local_servers(
+    store: S3Store, bucket: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in tos_env(store).items() if k != "MODELPULL_ADDRESSING_STYLE"}
+    uri = f"tos://{bucket}/models/llama/"
+    done = cli(store, env, "pull", uri, str(tmp_path / "out"), "--addressing-style", "path")
+    assert done.returncode == 0, done.stderr
+    assert tree(tmp_path / "out") == FILES
+
+
+# --- CRC-64 from x-tos-hash-crc64ecma ---------------------------------------------------
+
+
+@pytest.fixture
+def proxy(store: S3Store) -> Iterator[FaultProxy]:
+    with FaultProxy(store.endpoint_url) as p:
+        yield p
+
+
+def test_crc64_header_is_verified(
+    store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    for name, data in FILES.items():
+        rule = set_headers({"x-tos-hash-crc64ecma": crc64(data)})
+        proxy.add_rule(Rule(rule, method="HEAD", path=f"/llama/{name}$", times=None))
+    verified: list[tuple[str, str]] = []
+
+    def observe(event: Event) -> None:
+        if isinstance(event, FileVerified):
+            verified.append((event.path, event.kind))
+
+    tos_pull(
+        f"tos://{bucket}/models/llama/", tmp_path / "out", tos_env(store, proxy.url), observers=[observe]
+    )
+    assert tree(tmp_path / "out") == FILES
+    assert {path for path, kind in verified if kind == "crc64ecma"} == set(FILES) - {""}
+
+
+def test_wrong_crc64_header_is_caught(
+    store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    wrong = crc64(FILES[WEIGHTS] + b"x")
+    proxy.add_rule(
+        Rule(set_headers({"x-tos-hash-crc64ecma": wrong}), method="HEAD", path=WEIGHTS, times=None)
+    )
+    with pytest.raises(modelpull.IntegrityError) as info:
+        tos_pull(f"tos://{bucket}/models/llama/", tmp_path / "out", tos_env(store, proxy.url))
+    assert info.value.algorithm == "crc64ecma"
+    assert info.value.expected == wrong
+    assert not (tmp_path / "out" / WEIGHTS).exists()  # a final name never holds bad bytes
+
+
+# --- the TOS SDK's knobs change what they claim ----------------------------------------
+
+
+def sdk_pull(
+    store: S3Store, bucket: str, proxy: FaultProxy, dest: Path, **knobs: Any
+) -> modelpull.PullResult:
+    settings = from_sdk(tos_env(store, proxy.url), ak="unused", sk="unused", **knobs)
+    creds = store.credentials  # rclone checks signatures: the store's own keys sign
+    return modelpull.pull(
+        f"tos://{bucket}/models/llama/", dest, config=settings.config, credentials=creds
+    )
+
+
+def gets(proxy: FaultProxy, name: str) -> int:
+    return sum(1 for r in proxy.log if r.method == "GET" and r.path.endswith(f"/{name}"))
+
+
+@pytest.mark.parametrize(("part_size", "requests"), [(1 * MiB, 4), (2 * MiB, 2), (4 * MiB, 1)])
+def test_sdk_part_size_sets_the_ranged_gets(
+    store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path, part_size: int, requests: int
+) -> None:
+    sdk_pull(store, bucket, proxy, tmp_path / "out", part_size=part_size)
+    assert gets(proxy, WEIGHTS) == requests
+    assert tree(tmp_path / "out") == FILES
+
+
+def test_sdk_max_retry_count_bounds_the_attempts(
+    store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    proxy.add_rule(Rule(status(503, "ServiceUnavailable"), method="GET", path=WEIGHTS, times=2))
+    with pytest.raises(modelpull.TransientStoreError):
+        sdk_pull(store, bucket, proxy, tmp_path / "a", max_retry_count=1)
+    result = sdk_pull(store, bucket, proxy, tmp_path / "b", max_retry_count=2)
+    assert result.retries.get("ServiceUnavailable", 0) + result.retries.get("503", 0) >= 1
+    assert tree(tmp_path / "b") == FILES
+
+
+def test_sdk_socket_timeout_is_the_read_timeout(
+    store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    proxy.add_rule(Rule(delay(seconds_before_headers=3), method="GET", path=WEIGHTS, times=1))
+    started = time.monotonic()
+    result = sdk_pull(store, bucket, proxy, tmp_path / "out", socket_timeout=0.5)
+    assert result.retries.get("timeout") == 1
+    assert time.monotonic() - started < 3
+    assert tree(tmp_path / "out") == FILES
+
+
+def test_sdk_rate_limiter_caps_the_pull(
+    store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    rate = 1 * MiB
+    total = sum(map(len, FILES.values()))
+    started = time.monotonic()
+    sdk_pull(store, bucket, proxy, tmp_path / "out", rate_limiter=tos.RateLimiter(rate, rate))
+    elapsed = time.monotonic() - started
+    # One second's worth may pass at once; the rest waits for the bucket to refill.
+    assert elapsed >= (total - rate) / rate * 0.9
+    assert tree(tmp_path / "out") == FILES
+
+
+def test_sdk_traffic_limit_caps_the_pull(
+    store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    total = sum(map(len, FILES.values()))
+    started = time.monotonic()
+    with pytest.warns(CompatWarning, match="per connection"):
+        sdk_pull(store, bucket, proxy, tmp_path / "out", traffic_limit=MiB * 8, task_num=1)
+    assert time.monotonic() - started >= (total - MiB) / MiB * 0.9
+
+
+def test_sdk_enable_crc_false_turns_verification_off(
+    store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    proxy.add_rule(
+        Rule(set_headers({"x-tos-hash-crc64ecma": "12345"}), method="HEAD", times=None)
+    )
+    with pytest.raises(modelpull.IntegrityError):
+        sdk_pull(store, bucket, proxy, tmp_path / "a", enable_crc=True)
+    sdk_pull(store, bucket, proxy, tmp_path / "b", enable_crc=False)
+    assert tree(tmp_path / "b") == FILES
+
+
+def test_sdk_task_num_and_max_connections_set_the_streams(
+    store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    result = sdk_pull(store, bucket, proxy, tmp_path / "a", task_num=3)
+    assert result.config["concurrency"] == 3
+    result = sdk_pull(store, bucket, proxy, tmp_path / "b", task_num=8, max_connections=2)
+    assert result.config["concurrency"] == 2
+    assert tree(tmp_path / "b") == FILES
+
+
+# --- the tos-sdk backend against a TOS stand-in ----------------------------------------
+
+
+class AnonymousRclone:
+    """``rclone serve s3`` over ``root`` with no ``--auth-key``: the TOS SDK's signature passes."""
+
+    def __init__(self, root: Path, scratch: Path) -> None:
+        self.root = root
+        self.scratch = scratch
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def __enter__(self) -> AnonymousRclone:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        (self.scratch / "rclone.conf").touch()
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RCLONE_")}
+        self.log = (self.scratch / "rclone.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                str(find_rclone()),
+                "serve",
+                "s3",
+                str(self.root),
+                "--addr",
+                f"127.0.0.1:{self.port}",
+                "--force-path-style=true",
+                "--etag-hash",
+                "MD5",
+                "--vfs-cache-mode",
+                "off",
+                "--config",
+                str(self.scratch / "rclone.conf"),
+                "--cache-dir",
+                str(self.scratch / "cache"),
+                "--log-level",
+                "NOTICE",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+            env=env,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+            try:
+                conn.request("GET", "/")
+                conn.getresponse().read()
+                return self
+            except OSError:
+                time.sleep(0.05)
+            finally:
+                conn.close()
+        self.__exit__(None, None, None)
+        raise RuntimeError("anonymous rclone did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+        self.log.close()
+
+
+class TosFront:
+    """TOS's JSON listing and errors, in front of an S3 server rooted at one bucket's folder."""
+
+    def __init__(self, upstream_port: int, root: Path) -> None:
+        self.upstream_port = upstream_port
+        self.root = root
+        self.crc: dict[str, str] = {}  # key -> x-tos-hash-crc64ecma to publish
+        self.fail: dict[str, tuple[int, str, dict[str, str]]] = {}  # key -> status, code, headers
+        self.page_size = 1000
+        self.seen: list[tuple[str, str]] = []
+        self._ids = iter(range(1, 1 << 30))
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                front._serve(self)
+
+            def do_GET(self) -> None:
+                front._serve(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> TosFront:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.thread.join()
+        self.server.server_close()
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(handler.path)
+        key = unquote(parts.path.lstrip("/"))
+        self.seen.append((handler.command, key))
+        request_id = f"front-{next(self._ids)}"
+        if key in self.fail:
+            code, name, headers = self.fail[key]
+            body = json.dumps({"Code": name, "Message": f"injected {name}", "RequestId": request_id,
+                               "HostId": "front", "EC": "0000-00000000"}).encode()
+            self._answer(handler, code, {"x-tos-request-id": request_id, **headers}, body)
+        elif not key and "list-type=2" in parts.query:
+            self._answer(handler, 200, {"x-tos-request-id": request_id}, self._listing(parts.query))
+        else:
+            self._forward(handler, parts, key, request_id)
+
+    def _listing(self, query: str) -> bytes:
+        params = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        prefix, token = params.get("prefix", ""), params.get("continuation-token", "")
+        keys = sorted(
+            p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()
+        )
+        keys = [k for k in keys if k.startswith(prefix) and k > token]
+        page, more = keys[: self.page_size], len(keys) > self.page_size
+        contents = []
+        for key in page:
+            data = (self.root / key).read_bytes()
+            item = {"Key": key, "Size": len(data), "ETag": f'"{hashlib.md5(data).hexdigest()}"',
+                    "LastModified": "2024-01-02T03:04:05.000Z", "StorageClass": "STANDARD"}
+            contents.append(item)
+        return json.dumps({"Name": "bucket", "Prefix": prefix, "MaxKeys": self.page_size,
+                           "KeyCount": len(page), "IsTruncated": more, "Contents": contents,
+                           "NextContinuationToken": page[-1] if more else ""}).encode()
+
+    def _forward(
+        self, handler: BaseHTTPRequestHandler, parts: Any, key: str, request_id: str
+    ) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=30)
+        try:
+            headers = {h: handler.headers[h] for h in ("Range", "If-Match") if handler.headers[h]}
+            target = parts.path + (f"?{parts.query}" if parts.query else "")
+            conn.request(handler.command, target, headers=headers)
+            response = conn.getresponse()
+            out = {
+                name: value
+                for name, value in response.getheaders()
+                if name.lower() in ("content-length", "content-range", "etag", "last-modified")
+            }
+            out["x-tos-request-id"] = request_id
+            if key in self.crc and "Range" not in headers:
+                out["x-tos-hash-crc64ecma"] = self.crc[key]
+            handler.send_response(response.status)
+            for name, value in out.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            while handler.command == "GET" and (chunk := response.read(64 * 1024)):
+                handler.wfile.write(chunk)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _answer(
+        handler: BaseHTTPRequestHandler, code: int, headers: dict[str, str], body: bytes
+    ) -> None:
+        handler.send_response(code)
+        for name, value in {"Content-Type": "application/json", **headers}.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def stand_in(
+    rclone_server: RcloneS3Server, rclone_store: S3Store, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, TosFront]]:
+    bucket = rclone_store.new_bucket("tossdk")
+    rclone_store.put_tree(bucket, "models/llama/", FILES)
+    scratch = tmp_path_factory.mktemp("anon-rclone")
+    with AnonymousRclone(rclone_server.root / bucket, scratch) as anon, TosFront(
+        anon.port, rclone_server.root / bucket
+    ) as front:
+        yield bucket, front
+
+
+@pytest.fixture
+def front(stand_in: tuple[str, TosFront]) -> Iterator[TosFront]:
+    front = stand_in[1]
+    yield front
+    front.crc.clear()
+    front.fail.clear()
+    front.page_size = 1000
+
+
+def sdk_config(front: TosFront, **overrides: Any) -> PullConfig:
+    base = PullConfig(
+        endpoint_url=front.url,
+        region=REGION,
+        addressing_style="path",  # custom-domain mode: the front serves one bucket
+        part_size=1 * MiB,
+        io_chunk_size=256 * 1024,
+        concurrency=4,
+    )
+    return replace(base, **overrides)
+
+
+@pytest.fixture
+def sdk_backend(
+    front: TosFront, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., TosSdkBackend]:
+    """Make modelpull.pull use the tos-sdk backend, as ``--backend tos-sdk`` does."""
+    made: list[TosSdkBackend] = []
+
+    def make(config: PullConfig, credentials: Credentials | None = None) -> TosSdkBackend:
+        backend = TosSdkBackend(config, credentials)
+        made.append(backend)
+        return backend
+
+    monkeypatch.setattr("modelpull.api.make_backend", make)
+    return make
+
+
+ANON = Credentials("", "") if False else None
+
+
+def test_sdk_backend_downloads_a_model(
+    stand_in: tuple[str, TosFront], front: TosFront, sdk_backend: Any, tmp_path: Path
+) -> None:
+    bucket = stand_in[0]
+    front.page_size = 2  # the backend follows continuation tokens
+    seen: list[int] = []
+    result = modelpull.pull(
+        f"tos://{bucket}/models/llama/",
+        tmp_path / "out",
+        config=sdk_config(front),
+        observers=[lambda e: seen.append(e.bytes) if isinstance(e, BytesTransferred) else None],
+    )
+    assert tree(tmp_path / "out") == FILES
+    assert result.backend == "tos-sdk"
+    assert result.files_fetched == len(FILES)
+    assert sum(seen) == sum(map(len, FILES.values()))
+    # The same skip logic: a second pull fetches nothing.
+    again = modelpull.pull(f"tos://{bucket}/models/llama/", tmp_path / "out", config=sdk_config(front))
+    assert (again.files_fetched, again.files_skipped) == (0, len(FILES))
+
+
+def test_sdk_backend_verifies_crc64(
+    stand_in: tuple[str, TosFront], front: TosFront, sdk_backend: Any, tmp_path: Path
+) -> None:
+    bucket = stand_in[0]
+    for name, data in FILES.items():
+        front.crc[f"models/llama/{name}"] = crc64(data)
+    kinds: list[str] = []
+    modelpull.pull(
+        f"tos://{bucket}/models/llama/",
+        tmp_path / "out",
+        config=sdk_config(front),
+        observers=[lambda e: kinds.append(e.kind) if isinstance(e, FileVerified) else None],
+    )
+    assert kinds.count("crc64ecma") == len(FILES)
+    front.crc[f"models/llama/{WEIGHTS}"] = crc64(b"not the weights")
+    with pytest.raises(modelpull.IntegrityError, match="crc64ecma"):
+        modelpull.pull(
+            f"tos://{bucket}/models/llama/", tmp_path / "again", config=sdk_config(front)
+        )
+
+
+def test_fetch_file_wraps_download_file(
+    stand_in: tuple[str, TosFront], front: TosFront, tmp_path: Path
+) -> None:
+    bucket = stand_in[0]
+    backend = TosSdkBackend(sdk_config(front))
+    assert backend.whole_file
+    key = f"models/llama/{WEIGHTS}"
+    try:
+        obj = backend.head(bucket, key)
+        target = tmp_path / "w.part"
+        target.write_bytes(b"stale temp file contents")
+        pieces: list[int] = []
+        backend.fetch_file(obj, bucket, target, pieces.append)
+    finally:
+        backend.close()
+    assert target.read_bytes() == FILES[WEIGHTS]
+    assert sum(pieces) == obj.size
+    # download_file used part_size ranged GETs with concurrency threads ...
+    ranged = [k for method, k in front.seen if method == "GET" and k == key]
+    assert len(ranged) >= 4
+    # ... and left neither its .temp file nor its checkpoint behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.part"]
+
+
+def test_fetch_file_lets_the_engine_stop_it(
+    stand_in: tuple[str, TosFront], front: TosFront, tmp_path: Path
+) -> None:
+    class Stop(Exception):
+        pass
+
+    def progress(n: int) -> None:
+        raise Stop
+
+    backend = TosSdkBackend(sdk_config(front))
+    try:
+        obj = backend.head(stand_in[0], f"models/llama/{WEIGHTS}")
+        with pytest.raises(Stop):
+            backend.fetch_file(obj, stand_in[0], tmp_path / "w.part", progress)
+    finally:
+        backend.close()
+
+
+def both_backends(front: TosFront, rclone_store: S3Store) -> list[Any]:
+    boto = Boto3Backend(rclone_store.config(region=REGION), rclone_store.credentials)
+    return [TosSdkBackend(sdk_config(front)), boto]
+
+
+def test_missing_key_is_the_same_error_on_both_backends(
+    stand_in: tuple[str, TosFront], front: TosFront, rclone_store: S3Store
+) -> None:
+    bucket = stand_in[0]
+    for backend in both_backends(front, rclone_store):
+        try:
+            with pytest.raises(modelpull.ObjectNotFoundError) as info:
+                backend.head(bucket, "models/llama/missing.json")
+        finally:
+            backend.close()
+        assert info.value.status == 404
+        assert isinstance(info.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize(
+    ("status_code", "code", "cls"),
+    [
+        (403, "AccessDenied", modelpull.AccessDeniedError),
+        (404, "NoSuchBucket", modelpull.BucketNotFoundError),
+        (503, "ServiceUnavailable", modelpull.TransientStoreError),
+    ],
+)
+def test_sdk_errors_keep_status_code_and_request_id(
+    stand_in: tuple[str, TosFront],
+    front: TosFront,
+    status_code: int,
+    code: str,
+    cls: type[modelpull.StoreError],
+) -> None:
+    key = "models/llama/config.json"
+    front.fail[key] = (status_code, code, {"Retry-After": "2"})
+    backend = TosSdkBackend(sdk_config(front))
+    try:
+        with pytest.raises(cls) as info:
+            backend.read_range(
+                ObjectInfo(key=key, size=10, etag=""), stand_in[0], 0, 10,
+                memoryview(bytearray(10)), lambda view: None,
+            )
+    finally:
+        backend.close()
+    err = info.value
+    assert (err.status, err.code) == (status_code, code)
+    assert err.request_id is not None and err.request_id.startswith("front-")
+    if isinstance(err, modelpull.TransientStoreError):
+        assert err.retry_after == 2.0
+
+
+def test_unreachable_endpoint_is_the_same_error_on_both_backends(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = PullConfig(endpoint_url=dead, region=REGION, addressing_style="path")
+    for backend in (TosSdkBackend(config), Boto3Backend(config, Credentials("a", "b"))):
+        try:
+            with pytest.raises(modelpull.EndpointError):
+                backend.head("bucket", "models/llama/config.json")
+        finally:
+            backend.close()
+
+
+def test_backend_selected_by_config(
+    stand_in: tuple[str, TosFront], front: TosFront, tmp_path: Path
+) -> None:
+    # --backend tos-sdk / MODELPULL_BACKEND=tos-sdk reach the same backend.
+    config = PullConfig.from_env({"MODELPULL_BACKEND": "tos-sdk"}, **vars(sdk_config(front)))
+    result = modelpull.pull(f"tos://{stand_in[0]}/models/llama/", tmp_path / "out", config=config)
+    assert result.backend == "tos-sdk"
+    assert tree(tmp_path / "out") == FILES
