@@ -24,8 +24,7 @@ import shutil
 import signal
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Collection, Container, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,6 @@ from filelock import FileLock
 from modelpull.backends.base import Backend, ObjectInfo
 from modelpull.config import PullConfig
 from modelpull.errors import (
-    DestinationError,
     DiskFullError,
     IntegrityError,
     InterruptedPullError,
@@ -57,12 +55,14 @@ from modelpull.events import (
     RequestFinished,
     RequestStarted,
 )
+from modelpull.files import dest_error, place, preallocate, split_parts
 from modelpull.integrity import Verifier
 from modelpull.journal import Journal
 from modelpull.plan import RemoteFile
 from modelpull.ratelimit import RateLimiter
 from modelpull.retry import RetryPolicy
 from modelpull.state import Record, StateDir
+from modelpull.workqueue import WorkQueue
 
 __all__ = ["Engine", "FileOutcome", "StopSignal", "split_parts"]
 
@@ -122,40 +122,6 @@ class _Job:
 _Item = tuple[_Job, int, int]  # job, generation, part index
 
 
-class _Queue:
-    """Parts waiting for a worker; workers wait while files may still add parts."""
-
-    def __init__(self, open_jobs: int) -> None:
-        self._items: deque[_Item] = deque()
-        self._cond = threading.Condition()
-        self._open_jobs = open_jobs
-        self._closed = False
-
-    def put(self, items: Sequence[_Item], *, front: bool = False) -> None:
-        with self._cond:
-            if front:
-                self._items.extendleft(reversed(items))
-            else:
-                self._items.extend(items)
-            self._cond.notify_all()
-
-    def get(self) -> _Item | None:
-        with self._cond:
-            while not self._items and self._open_jobs > 0 and not self._closed:
-                self._cond.wait()
-            return self._items.popleft() if self._items and not self._closed else None
-
-    def job_ended(self) -> None:
-        with self._cond:
-            self._open_jobs -= 1
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
 class Engine:
     """Runs one pull of already-listed files into DEST."""
 
@@ -168,7 +134,7 @@ class Engine:
         self._error_lock = threading.Lock()
         self._retry = RetryPolicy(max_attempts=config.max_attempts, deadline=config.deadline)
         self._limiter = RateLimiter(config.max_bandwidth) if config.max_bandwidth else None
-        self._queue = _Queue(0)
+        self._queue = WorkQueue[_Item](0)
 
     # -- planning ---------------------------------------------------------------------
 
@@ -194,7 +160,7 @@ class Engine:
         try:
             self._state.create()
         except OSError as exc:
-            raise _dest_error(exc, dest) from exc
+            raise dest_error(exc, dest) from exc
         if not self._state.root.resolve().is_relative_to(self._dest_real):
             raise UnsafePathError(f"{self._state.root} leads outside DEST", key="")
         outcomes: list[FileOutcome] = []
@@ -215,7 +181,7 @@ class Engine:
         self._check_free_space(jobs)
         # Small files first: configs and tokenizers land early, shards keep workers busy.
         jobs.sort(key=lambda j: (j.obj.size, j.path))
-        self._queue = _Queue(len(jobs))
+        self._queue = WorkQueue[_Item](len(jobs))
         for job in jobs:
             self._emit(FileQueued(path=job.path, size=job.obj.size, parts=len(job.parts)))
             wanted = range(len(job.parts)) if job.wanted is None else sorted(job.wanted)
@@ -345,9 +311,9 @@ class Engine:
             flags = os.O_RDWR | os.O_CREAT | (0 if journal else os.O_TRUNC)
             job.fd = os.open(job.temp, flags, 0o644)
             if journal is None:
-                self._preallocate(job.fd, job.obj.size)
+                preallocate(job.fd, job.obj.size)
         except OSError as exc:
-            raise _dest_error(exc, job.temp) from exc
+            raise dest_error(exc, job.temp) from exc
         if journal is None:
             journal = Journal(journal_path, job.obj.etag, job.obj.size, self._config.part_size)
             journal.remove()
@@ -359,17 +325,6 @@ class Engine:
         job.journal = journal
         job.state = "active"
         self._check_complete(job)
-
-    @staticmethod
-    def _preallocate(fd: int, size: int) -> None:
-        if not size:
-            return
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            os.ftruncate(fd, size)  # filesystems without fallocate
 
     def _fetch(self, job: _Job, index: int, buffer: memoryview) -> dict[str, int]:
         fd = job.fd
@@ -397,7 +352,7 @@ class Engine:
                 try:
                     written += os.pwrite(fd, view[written:], offset + written)
                 except OSError as exc:
-                    raise _dest_error(exc, job.temp) from exc
+                    raise dest_error(exc, job.temp) from exc
             hasher.update(view)
             offset += n
             emit(BytesTransferred(path=path, bytes=n))
@@ -518,7 +473,7 @@ class Engine:
             job.fd = None
             self._place(job)
         except OSError as exc:
-            raise _dest_error(exc, job.final) from exc
+            raise dest_error(exc, job.final) from exc
         journal.remove()
         seconds = time.monotonic() - job.started
         job.state = "done"
@@ -542,20 +497,8 @@ class Engine:
         self._queue.job_ended()
 
     def _place(self, job: _Job) -> None:
-        """Rename the complete temp file to its final name, inside DEST and nowhere else."""
-        parent = job.final.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        # A symlinked folder inside DEST must not carry a file out of it.
-        if not parent.resolve().is_relative_to(self._dest_real):
-            raise UnsafePathError(
-                f"refusing to write {job.path!r}: {parent} leads outside DEST through a symlink",
-                key=job.obj.key,
-            )
-        if job.final.is_dir() and not job.final.is_symlink():
-            raise DestinationError(f"cannot write {job.final}: a folder is in the way")
         self._state.forget(job.path)
-        job.temp.replace(job.final)
-        st = job.final.stat()
+        place(job.temp, job.final, self._dest_real, key=job.obj.key)
         obj = job.obj
         self._state.write_record(
             Record(
@@ -563,7 +506,7 @@ class Engine:
                 key=obj.key,
                 etag=obj.etag,
                 size=obj.size,
-                mtime_ns=st.st_mtime_ns,
+                mtime_ns=job.final.stat().st_mtime_ns,
                 checksums=dict(obj.checksums),
             )
         )
@@ -605,9 +548,9 @@ class Engine:
         job.journal = Journal(job.journal.path, fresh.etag, fresh.size, self._config.part_size)
         try:
             os.ftruncate(job.fd, 0)
-            self._preallocate(job.fd, fresh.size)
+            preallocate(job.fd, fresh.size)
         except OSError as exc:
-            raise _dest_error(exc, job.temp) from exc
+            raise dest_error(exc, job.temp) from exc
         job.state = "active"
         self._queue.put([(job, job.generation, i) for i in range(len(job.parts))], front=True)
 
@@ -661,13 +604,6 @@ class _Stopped(Exception):
     """Raised inside a worker to abandon a part once the pull is stopping."""
 
 
-def split_parts(size: int, part_size: int) -> list[tuple[int, int]]:
-    """The ``[start, end)`` ranges a file of ``size`` bytes is fetched in; one for size 0."""
-    return [(start, min(size, start + part_size)) for start in range(0, size, part_size)] or [
-        (0, 0)
-    ]
-
-
 def _status_of(exc: BaseException) -> str:
     """A bounded label for a failed request: the HTTP status, else the error's reason."""
     if isinstance(exc, StoreError):
@@ -675,19 +611,3 @@ def _status_of(exc: BaseException) -> str:
     if isinstance(exc, _Stopped):
         return "stopped"
     return "error"
-
-
-def _bytes_in(parts: Sequence[tuple[int, int]], indices: Container[int]) -> int:
-    return sum(end - start for i, (start, end) in enumerate(parts) if i in indices)
-
-
-def _dest_error(exc: OSError, where: Path) -> DestinationError:
-    if isinstance(exc, DestinationError):
-        return exc
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(
-            f"disk full while writing {where}: free some space, then run the same command "
-            "again to resume",
-            errno=exc.errno,
-        )
-    return DestinationError(f"cannot write {where}: {exc.strerror or exc}", errno=exc.errno)

@@ -1,0 +1,64 @@
+"""Files on disk: how a file is split into parts, preallocated, and renamed into place."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Container, Sequence
+from pathlib import Path
+
+from modelpull.errors import DestinationError, DiskFullError, UnsafePathError
+
+__all__ = ["bytes_in", "dest_error", "place", "preallocate", "split_parts"]
+
+
+def split_parts(size: int, part_size: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` ranges a file of ``size`` bytes is fetched in; one for size 0."""
+    return [(start, min(size, start + part_size)) for start in range(0, size, part_size)] or [
+        (0, 0)
+    ]
+
+
+def bytes_in(parts: Sequence[tuple[int, int]], indices: Container[int]) -> int:
+    """Bytes covered by the parts at ``indices``."""
+    return sum(end - start for i, (start, end) in enumerate(parts) if i in indices)
+
+
+def preallocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes, so a full disk fails now rather than halfway through."""
+    if not size:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        os.ftruncate(fd, size)  # filesystems without fallocate
+
+
+def place(temp: Path, final: Path, dest_real: Path, *, key: str) -> None:
+    """Rename a complete temp file to its final name, inside DEST and nowhere else."""
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    # A symlinked folder inside DEST must not carry a file out of it.
+    if not parent.resolve().is_relative_to(dest_real):
+        raise UnsafePathError(
+            f"refusing to write {final}: {parent} leads outside DEST through a symlink",
+            key=key,
+        )
+    if final.is_dir() and not final.is_symlink():
+        raise DestinationError(f"cannot write {final}: a folder is in the way")
+    temp.replace(final)
+
+
+def dest_error(exc: OSError, where: Path) -> DestinationError:
+    """modelpull's error for an OS error while writing ``where``."""
+    if isinstance(exc, DestinationError):
+        return exc
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(
+            f"disk full while writing {where}: free some space, then run the same command "
+            "again to resume",
+            errno=exc.errno,
+        )
+    return DestinationError(f"cannot write {where}: {exc.strerror or exc}", errno=exc.errno)
