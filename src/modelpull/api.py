@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelpull.backends import make_backend
 from modelpull.config import PullConfig
@@ -28,6 +28,9 @@ from modelpull.events import (
 from modelpull.plan import RemoteFile, list_remote, select
 from modelpull.retry import RetryPolicy
 from modelpull.uri import parse_uri
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["PullResult", "list_objects", "pull"]
 
@@ -133,19 +136,27 @@ def pull(
     config: PullConfig | None = None,
     credentials: Credentials | None = None,
     observers: Sequence[Observer] = (),
+    registry: CollectorRegistry | None = None,
 ) -> PullResult:
     """Pull the object or folder at ``uri`` into the folder ``dest``.
 
     ``include``/``exclude`` are globs on the path relative to the URI's folder. ``config``
     defaults to :meth:`PullConfig.from_env` (read now). Files already complete in
     ``dest`` (same ETag and size as recorded) are skipped unless ``config.force``.
-    ``observers`` receive :mod:`modelpull.events` from worker threads.
+    ``observers`` receive :mod:`modelpull.events` from worker threads. ``registry``
+    (default: none) records the pull's Prometheus metrics there, adding to those of
+    earlier pulls on it (needs the ``[metrics]`` extra; see ``docs/metrics.md``).
     Raises :class:`~modelpull.errors.ModelPullError` subclasses only.
     """
     cfg = config if config is not None else PullConfig.from_env()
     target = Path(dest)
     parsed = parse_uri(uri)
     _check_dest(target)
+    if registry is not None:
+        from modelpull.observe.metrics import MetricsObserver  # the [metrics] extra
+
+        metrics = MetricsObserver(registry, backend=cfg.backend, bucket=parsed.bucket)
+        observers = [*observers, metrics]
     started = time.monotonic()
     tally = _Tally()
     emit = _dispatcher([tally, *observers])

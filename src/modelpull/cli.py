@@ -13,6 +13,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Sequence
+from contextlib import ExitStack
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -21,8 +22,11 @@ from modelpull._version import __version__
 from modelpull.api import PullResult, list_objects, pull
 from modelpull.config import PullConfig
 from modelpull.engine import StopSignal
+from modelpull.events import Observer
+from modelpull.observe.logs import LOG_FORMATS, LogObserver, setup_logging
 from modelpull.observe.progress import ProgressDisplay
 from modelpull.units import format_size, parse_duration, parse_size
+from modelpull.uri import parse_uri
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -82,6 +86,12 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     group.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    group.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines as text or one JSON object per line (default text)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="when stderr is not a terminal, print a status line this often (default 10)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument(
+        "--metrics-port",
+        metavar="[ADDR:]PORT",
+        help="serve Prometheus /metrics while the pull runs, on all interfaces unless "
+        "ADDR is given (needs the [metrics] extra)",
+    )
+    p.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="write Prometheus metrics to PATH when the pull ends, failed or not "
+        "(node_exporter textfile format, atomic; name it *.prom)",
+    )
     _connection_options(p)
 
     ls = commands.add_parser("ls", help="list the files a URI names")
@@ -173,17 +195,6 @@ def config_from_args(args: argparse.Namespace) -> PullConfig:
     return PullConfig.from_env(**overrides)
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    if not quiet and not verbose:
-        level = logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("modelpull: %(levelname)s: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
-
-
 def _warn_insecure(config: PullConfig) -> None:
     if not config.verify_ssl:
         log.warning("TLS certificate verification is OFF: anyone on the path can alter the model")
@@ -208,14 +219,32 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     _warn_insecure(config)
     interval = parse_duration(args.progress_interval, what="--progress-interval")
-    with ProgressDisplay(enabled=not args.no_progress, interval=interval) as progress:
+    with ExitStack() as stack:
+        observers: list[Observer] = []
+        # Event logs only when asked for: at the default level a failed file would
+        # repeat the one error line that main() prints.
+        if args.verbose or args.log_format == "json":
+            observers.append(LogObserver())
+        if args.metrics_port is not None or args.metrics_file is not None:
+            from modelpull.observe.metrics import export_metrics  # the [metrics] extra
+
+            metrics = export_metrics(
+                backend=config.backend,
+                bucket=parse_uri(args.uri).bucket,
+                listen=args.metrics_port,
+                textfile=args.metrics_file,
+            )
+            observers.append(stack.enter_context(metrics))
+        # JSON logs are for machines: plain status lines would break them up.
+        show = not args.no_progress and (args.log_format != "json" or sys.stderr.isatty())
+        progress = stack.enter_context(ProgressDisplay(enabled=show, interval=interval))
         result = pull(
             args.uri,
             args.dest,
             include=args.include,
             exclude=args.exclude,
             config=config,
-            observers=[progress],
+            observers=[progress, *observers],
         )
     if args.json:
         print(json.dumps({"ok": True, **result.to_dict()}, sort_keys=True))
@@ -258,7 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``modelpull`` and ``python -m modelpull``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    setup_logging(
+        getattr(args, "verbose", 0),
+        getattr(args, "quiet", False),
+        getattr(args, "log_format", "text"),
+        sys.stderr,
+    )
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         handler = {"pull": _cmd_pull, "ls": _cmd_ls, "demo": _cmd_demo}[args.command]

@@ -460,6 +460,9 @@ class Engine:
                 journal.remove()  # the bytes are bad: nothing worth resuming
                 raise
             log.warning("%s; fetching it again", exc)
+            self._emit(
+                PartRetried(path=job.path, reason="integrity", attempt=job.refetches + 1, delay=0.0)
+            )
             self._begin_restart(job)
             if job.inflight == 0:
                 self._do_restart(job)

@@ -31,7 +31,8 @@ from .proxy import (
 )
 
 MiB = 1 << 20
-DATA = os.urandom(3 * MiB + 4321)
+# The last part is shorter than a MiB but longer than the faults' 300,000 bytes.
+DATA = os.urandom(3 * MiB + 400_000)
 SMALL = b'{"hidden_size": 4096}'
 
 
@@ -78,15 +79,18 @@ def assert_intact(dest: Path) -> None:
     assert (dest / "config.json").read_bytes() == SMALL
 
 
-def _retried_range(proxy: FaultProxy, fault: str) -> tuple[int, str]:
+def _retried_range(proxy: FaultProxy, fault: str) -> tuple[int, int, str]:
+    """The broken request's range, and the range of the one request that retried it."""
     broken = next(r for r in proxy.log if fault in r.faults)
     assert broken.range is not None
-    start = int(broken.range.split("=")[1].split("-")[0])
-    end = f"-{start + MiB - 1}"
-    retried = [r for r in proxy.log if r.range and r.range.endswith(end) and fault not in r.faults]
+    start_text, end_text = broken.range.split("=")[1].split("-")
+    start, end = int(start_text), int(end_text)
+    retried = [
+        r for r in proxy.log if r.range and r.range.endswith(f"-{end}") and fault not in r.faults
+    ]
     assert len(retried) == 1
     assert retried[0].range is not None
-    return start, retried[0].range
+    return start, end, retried[0].range
 
 
 def test_reset_mid_body_is_retried(
@@ -102,10 +106,10 @@ def test_reset_mid_body_is_retried(
     assert result.retries == {"reset": 1}
     # A reset discards what the kernel had not handed over yet, so the retry starts at
     # the last whole chunk written: the part start, or 256 KiB into it.
-    start, retried = _retried_range(proxy, "ResetAfter")
+    start, end, retried = _retried_range(proxy, "ResetAfter")
     assert retried in (
-        f"bytes={start}-{start + MiB - 1}",
-        f"bytes={start + 256 * 1024}-{start + MiB - 1}",
+        f"bytes={start}-{end}",
+        f"bytes={start + 256 * 1024}-{end}",
     )
 
 
@@ -119,8 +123,8 @@ def test_broken_part_resumes_from_the_byte_reached(
     assert_intact(tmp_path)
     assert result.retries == {"short_body": 1}
     # Every byte that arrived was kept: the retry asks for the rest of the part only.
-    start, retried = _retried_range(proxy, "TruncateAfter")
-    assert retried == f"bytes={start + 300_000}-{start + MiB - 1}"
+    start, end, retried = _retried_range(proxy, "TruncateAfter")
+    assert retried == f"bytes={start + 300_000}-{end}"
 
 
 def test_truncated_body_is_retried(

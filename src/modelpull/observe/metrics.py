@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from socketserver import ThreadingMixIn
@@ -118,11 +119,15 @@ class _PerThreadSum:
 
 
 class _BytesCollector:
-    """Exposes the per-thread sum as ``modelpull_bytes_downloaded_total`` at scrape time."""
+    """``modelpull_bytes_downloaded_total``, read from the per-thread sums at scrape time."""
 
-    def __init__(self, total: _PerThreadSum, labels: tuple[str, str]) -> None:
-        self._total = total
-        self._labels = labels
+    def __init__(self) -> None:
+        self._sums: dict[tuple[str, str], _PerThreadSum] = {}
+        self._lock = threading.Lock()
+
+    def sum_for(self, labels: tuple[str, str]) -> _PerThreadSum:
+        with self._lock:
+            return self._sums.setdefault(labels, _PerThreadSum())
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(
@@ -137,21 +142,110 @@ class _BytesCollector:
 
     def collect(self) -> Iterable[Metric]:
         family = self._family()
-        family.add_metric(list(self._labels), float(self._total.value()))
+        with self._lock:
+            sums = list(self._sums.items())
+        for labels, total in sums:
+            family.add_metric(list(labels), float(total.value()))
         return [family]
+
+
+class _Metrics:
+    """The metric objects of one registry, shared by every observer recording on it."""
+
+    def __init__(self, reg: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, *extra: str) -> Counter:
+            return Counter(name, doc, [*_LABELS, *extra], registry=reg)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, _LABELS, registry=reg)
+
+        self.bytes = _BytesCollector()
+        reg.register(self.bytes)
+        self.discarded = counter(
+            "modelpull_bytes_discarded", "Downloaded bytes thrown away to refetch a file."
+        )
+        self.resumed = counter(
+            "modelpull_bytes_resumed", "Bytes kept from an interrupted earlier pull."
+        )
+        self.files_done = counter(
+            "modelpull_files_downloaded", "Files fetched, verified and in place."
+        )
+        self.files_skipped = counter(
+            "modelpull_files_skipped", "Files already complete in the destination."
+        )
+        self.files_failed = counter("modelpull_files_failed", "Files that failed for good.")
+        self.integrity = counter(
+            "modelpull_integrity_failures",
+            "Files whose bytes did not match the store's checksum (refetched or failed).",
+        )
+        self.requests = counter(
+            "modelpull_requests",
+            "Requests to the store by method and HTTP status (or error reason).",
+            "method",
+            "status",
+        )
+        self.retries = counter(
+            "modelpull_retries", "Retries by reason (HTTP status, error code, network).", "reason"
+        )
+        self.verified = counter(
+            "modelpull_checksums_verified", "Checksums that matched, by kind.", "kind"
+        )
+        self.request_seconds = Histogram(
+            "modelpull_request_duration_seconds",
+            "Request latency: phase=first_byte until the response headers, "
+            "phase=total until the last byte.",
+            [*_LABELS, "method", "phase"],
+            registry=reg,
+            buckets=REQUEST_BUCKETS,
+        )
+        self.file_seconds = Histogram(
+            "modelpull_file_download_duration_seconds",
+            "Seconds from a file's first request to its verified rename.",
+            _LABELS,
+            registry=reg,
+            buckets=FILE_BUCKETS,
+        )
+        self.inflight = gauge("modelpull_inflight_requests", "Requests to the store in flight now.")
+        self.planned_files = gauge(
+            "modelpull_planned_files", "Files the pull covers, already complete ones included."
+        )
+        self.planned_bytes = gauge(
+            "modelpull_planned_bytes", "Bytes the pull covers, already complete ones included."
+        )
+        self.success = gauge(
+            "modelpull_pull_success", "1 when the pull ended complete, 0 when it failed."
+        )
+        self.duration = gauge("modelpull_pull_duration_seconds", "Seconds the pull took.")
+        self.ended = gauge(
+            "modelpull_pull_end_timestamp_seconds", "Unix time at which the pull ended."
+        )
+
+
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+_BY_REGISTRY_LOCK = threading.Lock()
+
+
+def _metrics_on(registry: CollectorRegistry) -> _Metrics:
+    with _BY_REGISTRY_LOCK:
+        found = _BY_REGISTRY.get(registry)
+        if found is None:
+            found = _BY_REGISTRY[registry] = _Metrics(registry)
+        return found
 
 
 class MetricsObserver:
     """An engine observer that records a pull's metrics on ``registry``.
 
     ``registry`` defaults to a fresh private :class:`CollectorRegistry`, so two pulls in
-    one process never collide; pass your own to serve several pulls from one endpoint
-    (one observer per registry and bucket: a second one for the same labels raises
-    ``ValueError: Duplicated timeseries``). ``backend`` and ``bucket`` label every
-    series; they are given here rather than learnt from ``PullStarted`` because listing
-    retries come before that event, and so that every counter is exported at 0 from the
-    start (a counter that appears at its first increment hides that increment from
-    ``rate()``).
+    one process never mix. Pass your own (an application's, or
+    ``prometheus_client.REGISTRY``) to export many pulls from one endpoint: observers on
+    the same registry share its metrics, so counters add up across pulls as Prometheus
+    expects of a process's counters, and the gauges show the latest pull per bucket.
+
+    ``backend`` and ``bucket`` label every series; they are given here rather than learnt
+    from ``PullStarted`` because listing retries come before that event, and so that
+    each counter is exported at 0 from the start (a series that appears with its first
+    increment hides that increment from ``rate()``).
     """
 
     def __init__(
@@ -162,85 +256,25 @@ class MetricsObserver:
         bucket: str,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        m = _metrics_on(self.registry)
         labels = (backend, bucket)
         self._labels = labels
-        reg = self.registry
-
-        def counter(name: str, doc: str, *extra: str) -> Counter:
-            return Counter(name, doc, [*_LABELS, *extra], registry=reg)
-
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, _LABELS, registry=reg)
-
-        self._bytes = _PerThreadSum()
-        reg.register(_BytesCollector(self._bytes, labels))
-        self._discarded = counter(
-            "modelpull_bytes_discarded", "Downloaded bytes thrown away to refetch a file."
-        ).labels(*labels)
-        self._resumed = counter(
-            "modelpull_bytes_resumed", "Bytes kept from an interrupted earlier pull."
-        ).labels(*labels)
-        self._files_done = counter(
-            "modelpull_files_downloaded", "Files fetched, verified and in place."
-        ).labels(*labels)
-        self._files_skipped = counter(
-            "modelpull_files_skipped", "Files already complete in the destination."
-        ).labels(*labels)
-        self._files_failed = counter(
-            "modelpull_files_failed", "Files that failed for good."
-        ).labels(*labels)
-        self._integrity = counter(
-            "modelpull_integrity_failures",
-            "Files whose bytes did not match the store's checksum (refetched or failed).",
-        ).labels(*labels)
-        self._requests = counter(
-            "modelpull_requests",
-            "Requests to the store by method and HTTP status (or error reason).",
-            "method",
-            "status",
-        )
-        self._retries = counter(
-            "modelpull_retries", "Retries by reason (HTTP status, error code, network).", "reason"
-        )
-        self._verified = counter(
-            "modelpull_checksums_verified", "Checksums that matched, by kind.", "kind"
-        )
-        self._request_seconds = Histogram(
-            "modelpull_request_duration_seconds",
-            "Request latency: phase=first_byte until the response headers, "
-            "phase=total until the last byte.",
-            [*_LABELS, "method", "phase"],
-            registry=reg,
-            buckets=REQUEST_BUCKETS,
-        )
-        self._file_seconds = Histogram(
-            "modelpull_file_download_duration_seconds",
-            "Seconds from a file's first request to its verified rename.",
-            _LABELS,
-            registry=reg,
-            buckets=FILE_BUCKETS,
-        ).labels(*labels)
-        self._inflight = gauge(
-            "modelpull_inflight_requests", "Requests to the store in flight now."
-        ).labels(*labels)
-        self._planned_files = gauge(
-            "modelpull_planned_files", "Files the pull covers, already complete ones included."
-        ).labels(*labels)
-        self._planned_bytes = gauge(
-            "modelpull_planned_bytes", "Bytes the pull covers, already complete ones included."
-        ).labels(*labels)
-        self._success = gauge(
-            "modelpull_pull_success", "1 when the pull ended complete, 0 when it failed."
-        )
-        self._duration = gauge("modelpull_pull_duration_seconds", "Seconds the pull took.")
-        self._ended = gauge(
-            "modelpull_pull_end_timestamp_seconds", "Unix time at which the pull ended."
-        )
-        # Children of labelled metrics, bound once: .labels() takes a lock each call.
+        self._m = m
+        self._bytes = m.bytes.sum_for(labels)
+        # Children bound once: .labels() takes a lock and a lookup on every call.
+        self._discarded = m.discarded.labels(*labels)
+        self._resumed = m.resumed.labels(*labels)
+        self._files_done = m.files_done.labels(*labels)
+        self._files_skipped = m.files_skipped.labels(*labels)
+        self._files_failed = m.files_failed.labels(*labels)
+        self._integrity = m.integrity.labels(*labels)
+        self._file_seconds = m.file_seconds.labels(*labels)
+        self._inflight = m.inflight.labels(*labels)
+        self._planned_files = m.planned_files.labels(*labels)
+        self._planned_bytes = m.planned_bytes.labels(*labels)
         self._children: dict[tuple[int | str, ...], Any] = {}
-        for method in ("GET", "HEAD"):
-            self._child(self._request_seconds, method, "first_byte")
-            self._child(self._request_seconds, method, "total")
+        for phase in ("first_byte", "total"):
+            self._child(m.request_seconds, "GET", phase)
 
     def _child(self, metric: Counter | Histogram, *values: str) -> Any:
         key: tuple[int | str, ...] = (id(metric), *values)
@@ -257,16 +291,17 @@ class MetricsObserver:
             else:
                 self._discarded.inc(-event.bytes)
             return
+        m = self._m
         match event:
             case RequestStarted():
                 self._inflight.inc()
             case RequestFinished():
                 self._inflight.dec()
-                self._child(self._requests, event.method, event.status).inc()
+                self._child(m.requests, event.method, event.status).inc()
                 if event.first_byte_seconds is not None:
-                    first = self._child(self._request_seconds, event.method, "first_byte")
+                    first = self._child(m.request_seconds, event.method, "first_byte")
                     first.observe(event.first_byte_seconds)
-                self._child(self._request_seconds, event.method, "total").observe(event.seconds)
+                self._child(m.request_seconds, event.method, "total").observe(event.seconds)
             case FileDone():
                 self._files_done.inc()
                 self._file_seconds.observe(event.seconds)
@@ -275,9 +310,9 @@ class MetricsObserver:
             case FileResumed():
                 self._resumed.inc(event.bytes)
             case FileVerified():
-                self._child(self._verified, event.kind).inc()
+                self._child(m.verified, event.kind).inc()
             case PartRetried():
-                self._child(self._retries, event.reason).inc()
+                self._child(m.retries, event.reason).inc()
                 if event.reason == INTEGRITY_RETRY_REASON:
                     self._integrity.inc()
             case FileFailed():
@@ -288,9 +323,9 @@ class MetricsObserver:
                 self._planned_files.set(event.files)
                 self._planned_bytes.set(event.bytes)
             case PullFinished():
-                self._success.labels(*self._labels).set(1 if event.ok else 0)
-                self._duration.labels(*self._labels).set(event.seconds)
-                self._ended.labels(*self._labels).set(time.time())
+                m.success.labels(*self._labels).set(1 if event.ok else 0)
+                m.duration.labels(*self._labels).set(event.seconds)
+                m.ended.labels(*self._labels).set(time.time())
             case _:
                 pass
 
@@ -452,6 +487,8 @@ def export_metrics(
     if listen is not None:
         addr, port = parse_listen(listen)
         server = serve(port, observer.registry, addr=addr)
+        host = f"[{addr}]" if ":" in addr else addr
+        log.info("serving metrics on http://%s:%d/metrics", host, server.port)
     failed = True
     try:
         yield observer
