@@ -20,6 +20,8 @@ from modelpull.errors import DestinationError, ModelPullError
 from modelpull.events import (
     BytesTransferred,
     Event,
+    FileResumed,
+    FileVerified,
     Observer,
     PartRetried,
     PullFinished,
@@ -39,7 +41,12 @@ log = logging.getLogger("modelpull")
 
 @dataclass(frozen=True)
 class PullResult:
-    """What a pull did. ``bytes_downloaded`` counts object bytes written, retries included."""
+    """What a pull did.
+
+    ``bytes_downloaded`` counts object bytes received from the store, retried and
+    refetched bytes included; ``bytes_resumed`` those kept from an interrupted pull;
+    ``checksums_verified`` the files checked per kind (``size``, ``crc64nvme``, ``md5``...).
+    """
 
     uri: str
     dest: str
@@ -50,6 +57,8 @@ class PullResult:
     seconds: float
     files: tuple[FileOutcome, ...] = ()
     retries: dict[str, int] = field(default_factory=dict)
+    checksums_verified: dict[str, int] = field(default_factory=dict)
+    bytes_resumed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -68,9 +77,17 @@ class PullResult:
             "bytes_downloaded": self.bytes_downloaded,
             "seconds": round(self.seconds, 3),
             "mb_per_s": round(self.mb_per_s, 1),
+            "bytes_resumed": self.bytes_resumed,
             "retries": dict(self.retries),
+            "checksums_verified": dict(self.checksums_verified),
             "files": [
-                {"path": f.path, "size": f.size, "status": f.status, "seconds": round(f.seconds, 3)}
+                {
+                    "path": f.path,
+                    "size": f.size,
+                    "status": f.status,
+                    "seconds": round(f.seconds, 3),
+                    "verified": list(f.verified),
+                }
                 for f in self.files
             ],
             "config": self.config,
@@ -82,16 +99,25 @@ class _Tally:
 
     def __init__(self) -> None:
         self.bytes = 0
+        self.resumed = 0
         self.retries: Counter[str] = Counter()
+        self.verified: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, BytesTransferred):
+        # Negative counts (a refetched file's discarded bytes) are progress, not traffic.
+        if isinstance(event, BytesTransferred) and event.bytes > 0:
             with self._lock:
                 self.bytes += event.bytes
         elif isinstance(event, PartRetried):
             with self._lock:
                 self.retries[event.reason] += 1
+        elif isinstance(event, FileVerified):
+            with self._lock:
+                self.verified[event.kind] += 1
+        elif isinstance(event, FileResumed):
+            with self._lock:
+                self.resumed += event.bytes
 
 
 def _dispatcher(observers: Sequence[Observer]) -> Callable[[Event], None]:
@@ -203,6 +229,8 @@ def pull(
         seconds=seconds,
         files=tuple(sorted(outcomes, key=lambda o: o.path)),
         retries=dict(tally.retries),
+        checksums_verified=dict(tally.verified),
+        bytes_resumed=tally.resumed,
         config=cfg.describe(),
     )
 

@@ -292,3 +292,27 @@ def test_no_progress_on_a_pipe(store: S3Store, bucket: str, tmp_path: Path) -> N
     proc = run(["pull", f"s3://{bucket}/m/", str(tmp_path)], store.env())
     assert proc.returncode == 0
     assert proc.stderr == ""
+
+
+def test_json_report_is_complete(store: S3Store, bucket: str, tmp_path: Path) -> None:
+    proc = run(["pull", f"s3://{bucket}/m/", str(tmp_path), "--json"], store.env())
+    report = json.loads(proc.stdout)
+    for key in (
+        "files",
+        "bytes_downloaded",
+        "seconds",
+        "mb_per_s",
+        "retries",
+        "checksums_verified",
+        "backend",
+        "config",
+    ):
+        assert key in report
+    assert report["backend"] == "boto3"
+    # Both servers publish plain MD5 ETags and no CRC: MD5 is what auto verifies.
+    assert report["checksums_verified"] == {"size": 2, "md5": 2}
+    assert {f["path"]: f["verified"] for f in report["files"]} == {
+        "config.json": ["size", "md5"],
+        "w.safetensors": ["size", "md5"],
+    }
+    assert all(f["seconds"] >= 0 for f in report["files"])
