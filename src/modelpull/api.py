@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelpull.backends import make_backend
+from modelpull.compat import tos as tos_compat
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.engine import Engine, FileOutcome
@@ -136,6 +137,21 @@ def _dispatcher(observers: Sequence[Observer]) -> Callable[[Event], None]:
     return emit
 
 
+def _for_scheme(
+    scheme: str, config: PullConfig | None, credentials: Credentials | None
+) -> tuple[PullConfig, Credentials | None]:
+    """The config and credentials for a URI's store; ``TOS_*`` variables are read now.
+
+    For ``tos://``: ``TOS_ENDPOINT``/``TOS_REGION`` rank above ``AWS_*`` (a config passed
+    in keeps what it sets), a native endpoint is mapped to S3, addressing ``auto`` becomes
+    ``virtual``, and ``TOS_ACCESS_KEY``/``TOS_SECRET_KEY`` come before boto3's chain.
+    """
+    if scheme != "tos":
+        return (config if config is not None else PullConfig.from_env()), credentials
+    cfg = tos_compat.config_for_tos() if config is None else tos_compat.adapt_config(config)
+    return cfg, tos_compat.resolve_credentials(cfg, credentials)
+
+
 def _check_dest(dest: Path) -> None:
     """Fail before any network traffic when DEST cannot be a writable folder."""
     probe = dest
@@ -174,9 +190,9 @@ def pull(
     earlier pulls on it (needs the ``[metrics]`` extra; see ``docs/metrics.md``).
     Raises :class:`~modelpull.errors.ModelPullError` subclasses only.
     """
-    cfg = config if config is not None else PullConfig.from_env()
-    target = Path(dest)
     parsed = parse_uri(uri)
+    cfg, credentials = _for_scheme(parsed.scheme, config, credentials)
+    target = Path(dest)
     _check_dest(target)
     if registry is not None:
         from modelpull.observe.metrics import MetricsObserver  # the [metrics] extra
@@ -242,9 +258,10 @@ def list_objects(
     credentials: Credentials | None = None,
 ) -> list[RemoteFile]:
     """The files :func:`pull` would consider for ``uri``, sorted by relative path."""
-    cfg = config if config is not None else PullConfig.from_env()
+    parsed = parse_uri(uri)
+    cfg, credentials = _for_scheme(parsed.scheme, config, credentials)
     backend = make_backend(cfg, credentials)
     try:
-        return list_remote(backend, parse_uri(uri))
+        return list_remote(backend, parsed)
     finally:
         backend.close()

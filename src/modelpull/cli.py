@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from modelpull import errors
 from modelpull._version import __version__
 from modelpull.api import PullResult, list_objects, pull
+from modelpull.compat import tos as tos_compat
 from modelpull.config import PullConfig
 from modelpull.engine import StopSignal
 from modelpull.events import Observer
@@ -80,6 +81,12 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--ca-bundle", metavar="PEM", help="CA certificates to trust")
     group.add_argument(
+        "--backend",
+        metavar="{boto3,tos-sdk}",
+        help="transfer backend (env MODELPULL_BACKEND; default boto3; tos-sdk needs "
+        "modelpull[tos])",
+    )
+    group.add_argument(
         "--no-verify-ssl",
         action="store_true",
         help="do not verify TLS certificates (insecure; prints a warning)",
@@ -116,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-size", metavar="SIZE", help="bytes per ranged GET (default 32MiB)")
     p.add_argument("--io-chunk-size", metavar="SIZE", help="read buffer per request (1MiB)")
     p.add_argument("--max-attempts", metavar="N", help="attempts per request (default 5)")
+    p.add_argument(
+        "--max-bandwidth",
+        metavar="SIZE",
+        help="cap on the pull's total rate per second, e.g. 200MiB (default: none)",
+    )
     p.add_argument(
         "--deadline", metavar="SECONDS", help="stop retrying after this long (default: none)"
     )
@@ -177,13 +189,14 @@ def config_from_args(args: argparse.Namespace) -> PullConfig:
         "profile": args.profile,
         "addressing_style": args.addressing_style,
         "ca_bundle": args.ca_bundle,
+        "backend": args.backend,
     }
     if args.no_verify_ssl:
         overrides["verify_ssl"] = False
     if args.command == "pull":
         overrides["concurrency"] = _int_flag(args.concurrency, "--concurrency")
         overrides["max_attempts"] = _int_flag(args.max_attempts, "--max-attempts")
-        for name in ("part_size", "io_chunk_size"):
+        for name in ("part_size", "io_chunk_size", "max_bandwidth"):
             value = getattr(args, name)
             flag = "--" + name.replace("_", "-")
             overrides[name] = parse_size(value, what=flag) if value is not None else None
@@ -192,6 +205,9 @@ def config_from_args(args: argparse.Namespace) -> PullConfig:
         overrides["verify"] = args.verify
         if args.force:
             overrides["force"] = True
+    if parse_uri(args.uri).scheme == "tos":
+        # TOS_ENDPOINT / TOS_REGION rank above AWS_*; a native endpoint is mapped to S3.
+        return tos_compat.config_for_tos(**overrides)
     return PullConfig.from_env(**overrides)
 
 

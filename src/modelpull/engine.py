@@ -30,7 +30,13 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from modelpull.backends.base import Backend, ObjectInfo
+from modelpull.backends.base import (
+    Backend,
+    ObjectInfo,
+    RangeResult,
+    WholeFileBackend,
+    fetches_whole_files,
+)
 from modelpull.config import PullConfig
 from modelpull.errors import (
     DiskFullError,
@@ -41,6 +47,7 @@ from modelpull.errors import (
     RetriesExhaustedError,
     StoreError,
     UnsafePathError,
+    UsageError,
 )
 from modelpull.events import (
     BytesTransferred,
@@ -134,6 +141,8 @@ class Engine:
         self._error_lock = threading.Lock()
         self._retry = RetryPolicy(max_attempts=config.max_attempts, deadline=config.deadline)
         self._limiter = RateLimiter(config.max_bandwidth) if config.max_bandwidth else None
+        # A backend that downloads whole files (the TOS SDK) parallelises inside each file.
+        self._whole: WholeFileBackend | None = backend if fetches_whole_files(backend) else None
         self._queue = WorkQueue[_Item](0)
 
     # -- planning ---------------------------------------------------------------------
@@ -153,6 +162,8 @@ class Engine:
         file is left ``partial`` for another run (or another source of the other parts,
         as the cluster pull is) to complete. Files not in ``only`` are left alone.
         """
+        if only is not None and self._whole is not None:
+            raise UsageError(f"the {self._backend.name} backend cannot fetch parts of files")
         self._bucket = bucket
         self._dest = dest
         self._dest_real = dest.resolve()
@@ -191,6 +202,8 @@ class Engine:
         return outcomes
 
     def _split(self, size: int) -> list[tuple[int, int]]:
+        if self._whole is not None:
+            return [(0, size)]
         return split_parts(size, self._config.part_size)
 
     def _check_free_space(self, jobs: Sequence[_Job]) -> None:
@@ -215,7 +228,8 @@ class Engine:
         total_parts = sum(len(job.parts) for job in jobs)
         workers = [
             threading.Thread(target=self._worker, name=f"modelpull-{i}", daemon=True)
-            for i in range(min(self._config.concurrency, total_parts))
+            # A whole-file backend runs `concurrency` requests inside one file at a time.
+            for i in range(1 if self._whole else min(self._config.concurrency, total_parts))
         ]
         for thread in workers:
             thread.start()
@@ -310,7 +324,8 @@ class Engine:
         try:
             flags = os.O_RDWR | os.O_CREAT | (0 if journal else os.O_TRUNC)
             job.fd = os.open(job.temp, flags, 0o644)
-            if journal is None:
+            # A whole-file backend replaces the temp file: reserving its space is wasted.
+            if journal is None and self._whole is None:
                 preallocate(job.fd, job.obj.size)
         except OSError as exc:
             raise dest_error(exc, job.temp) from exc
@@ -327,6 +342,8 @@ class Engine:
         self._check_complete(job)
 
     def _fetch(self, job: _Job, index: int, buffer: memoryview) -> dict[str, int]:
+        if self._whole is not None:
+            return self._fetch_whole(job, self._whole, buffer)
         fd = job.fd
         verifier = job.verifier
         assert fd is not None and verifier is not None
@@ -338,7 +355,6 @@ class Engine:
         limiter = self._limiter
         hasher = verifier.part_hasher()
         offset = start
-        attempt = 0
 
         def sink(view: memoryview) -> None:
             nonlocal offset
@@ -357,35 +373,92 @@ class Engine:
             offset += n
             emit(BytesTransferred(path=path, bytes=n))
 
+        self._attempts(
+            job,
+            lambda: self._backend.read_range(obj, self._bucket, offset, end, buffer, sink),
+            lambda: offset,
+        )
+        verifier.part_done(index, start, end, fd)
+        return hasher.values()
+
+    def _attempts(
+        self, job: _Job, request: Callable[[], RangeResult], received: Callable[[], int]
+    ) -> RangeResult:
+        """``request()`` under the retry policy, reported as request events.
+
+        ``received()`` tells how far the transfer got: bytes written by a failed attempt
+        stay, and the next attempt resumes from there.
+        """
+        emit, path = self._emit, job.path
+        attempt = 0
         while True:
             attempt += 1
             emit(RequestStarted(path=path, method="GET"))
-            began, before = time.monotonic(), offset
+            began, before = time.monotonic(), received()
             try:
-                result = self._backend.read_range(obj, self._bucket, offset, end, buffer, sink)
+                result = request()
             except BaseException as exc:
-                seconds = time.monotonic() - began
-                emit(RequestFinished(path, "GET", _status_of(exc), None, seconds, offset - before))
+                seconds, done = time.monotonic() - began, received() - before
+                emit(RequestFinished(path, "GET", _status_of(exc), None, seconds, done))
                 if isinstance(exc, ObjectChangedError) or not isinstance(exc, StoreError):
                     raise
-                # Bytes already written stay: the next attempt resumes where this one broke.
                 delay = self._retry.delay(attempt, exc)
                 if delay is None:
                     raise self._gave_up(exc, job, attempt) from exc
                 reason = exc.reason or "error"
                 emit(PartRetried(path=path, reason=reason, attempt=attempt, delay=delay))
-                if stop.wait(delay):
+                if self._stop.wait(delay):
                     raise _Stopped from None
                 continue
-            seconds = time.monotonic() - began
-            status = str(result.status)
-            emit(
-                RequestFinished(
-                    path, "GET", status, result.first_byte_seconds, seconds, end - before
-                )
-            )
-            verifier.part_done(index, start, end, fd)
-            return hasher.values()
+            seconds, done = time.monotonic() - began, received() - before
+            status, ttfb = str(result.status), result.first_byte_seconds
+            emit(RequestFinished(path, "GET", status, ttfb, seconds, done))
+            return result
+
+    def _fetch_whole(
+        self, job: _Job, backend: WholeFileBackend, buffer: memoryview
+    ) -> dict[str, int]:
+        """All of a file through a backend that downloads whole files into the temp path.
+
+        The backend replaces the temp file, so the descriptor is reopened on what it left,
+        and the bytes are read back once (from the page cache) for the CRCs to verify.
+        Bytes a failed attempt reported stay counted, as retried bytes do for ranges.
+        """
+        verifier = job.verifier
+        assert job.fd is not None and verifier is not None
+        emit, stop, limiter, path = self._emit, self._stop, self._limiter, job.path
+        reported = 0
+
+        def progress(n: int) -> None:
+            nonlocal reported
+            if stop.is_set():
+                raise _Stopped
+            if limiter is not None:
+                limiter.take(n, stop)
+            reported += n
+            emit(BytesTransferred(path=path, bytes=n))
+
+        self._attempts(
+            job,
+            lambda: backend.fetch_file(job.obj, self._bucket, job.temp, progress),
+            lambda: reported,
+        )
+        try:
+            os.close(job.fd)
+            job.fd = None
+            job.fd = os.open(job.temp, os.O_RDWR)
+        except OSError as exc:
+            raise dest_error(exc, job.temp) from exc
+        hasher = verifier.part_hasher()
+        offset = 0
+        while offset < job.obj.size:
+            n = os.preadv(job.fd, [buffer], offset)
+            if n == 0:
+                break  # short: the verifier reports the size
+            hasher.update(buffer[:n])
+            offset += n
+        verifier.part_done(0, 0, job.obj.size, job.fd)
+        return hasher.values()
 
     def _gave_up(self, exc: StoreError, job: _Job, attempt: int) -> StoreError:
         if attempt == 1 or exc.reason is None:
@@ -551,7 +624,8 @@ class Engine:
         job.journal = Journal(job.journal.path, fresh.etag, fresh.size, self._config.part_size)
         try:
             os.ftruncate(job.fd, 0)
-            preallocate(job.fd, fresh.size)
+            if self._whole is None:
+                preallocate(job.fd, fresh.size)
         except OSError as exc:
             raise dest_error(exc, job.temp) from exc
         job.state = "active"

@@ -26,6 +26,7 @@ found by experiment (tos 2.9):
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import http.client
 import json
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -151,10 +153,10 @@ def test_tos_native_endpoint_is_mapped_before_use() -> None:
     try:
         # botocore builds virtual-hosted URLs on the S3 twin of the native endpoint.
         client: Any = backend._client
-        url = client.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"})
+        url = client.generate_presigned_url("get_object", Params={"Bucket": "models", "Key": "k"})
     finally:
         backend.close()
-    assert url.startswith("https://b.tos-s3-cn-beijing.ivolces.com/k?")
+    assert url.startswith("https://models.tos-s3-cn-beijing.ivolces.com/k?")
 
 
 def cli(store: S3Store, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -208,10 +210,13 @@ def test_crc64_header_is_verified(
             verified.append((event.path, event.kind))
 
     tos_pull(
-        f"tos://{bucket}/models/llama/", tmp_path / "out", tos_env(store, proxy.url), observers=[observe]
+        f"tos://{bucket}/models/llama/",
+        tmp_path / "out",
+        tos_env(store, proxy.url),
+        observers=[observe],
     )
     assert tree(tmp_path / "out") == FILES
-    assert {path for path, kind in verified if kind == "crc64ecma"} == set(FILES) - {""}
+    assert {path for path, kind in verified if kind == "crc64ecma"} == set(FILES)
 
 
 def test_wrong_crc64_header_is_caught(
@@ -234,10 +239,14 @@ def test_wrong_crc64_header_is_caught(
 def sdk_pull(
     store: S3Store, bucket: str, proxy: FaultProxy, dest: Path, **knobs: Any
 ) -> modelpull.PullResult:
-    settings = from_sdk(tos_env(store, proxy.url), ak="unused", sk="unused", **knobs)
-    creds = store.credentials  # rclone checks signatures: the store's own keys sign
+    keys = store.credentials
+    env = tos_env(store, proxy.url)
+    settings = from_sdk(env, ak=keys.access_key, sk=keys.secret_key, **knobs)
     return modelpull.pull(
-        f"tos://{bucket}/models/llama/", dest, config=settings.config, credentials=creds
+        f"tos://{bucket}/models/llama/",
+        dest,
+        config=settings.config,
+        credentials=settings.credentials,
     )
 
 
@@ -257,11 +266,14 @@ def test_sdk_part_size_sets_the_ranged_gets(
 def test_sdk_max_retry_count_bounds_the_attempts(
     store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
+    # One part per file, so both 503s hit the same request.
     proxy.add_rule(Rule(status(503, "ServiceUnavailable"), method="GET", path=WEIGHTS, times=2))
-    with pytest.raises(modelpull.TransientStoreError):
-        sdk_pull(store, bucket, proxy, tmp_path / "a", max_retry_count=1)
-    result = sdk_pull(store, bucket, proxy, tmp_path / "b", max_retry_count=2)
-    assert result.retries.get("ServiceUnavailable", 0) + result.retries.get("503", 0) >= 1
+    with pytest.raises(modelpull.RetriesExhaustedError) as info:
+        sdk_pull(store, bucket, proxy, tmp_path / "a", max_retry_count=1, part_size=8 * MiB)
+    assert info.value.status == 503
+    proxy.add_rule(Rule(status(503, "ServiceUnavailable"), method="GET", path=WEIGHTS, times=2))
+    result = sdk_pull(store, bucket, proxy, tmp_path / "b", max_retry_count=2, part_size=8 * MiB)
+    assert result.retries == {"ServiceUnavailable": 2}
     assert tree(tmp_path / "b") == FILES
 
 
@@ -279,7 +291,7 @@ def test_sdk_socket_timeout_is_the_read_timeout(
 def test_sdk_rate_limiter_caps_the_pull(
     store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    rate = 1 * MiB
+    rate = 2 * MiB
     total = sum(map(len, FILES.values()))
     started = time.monotonic()
     sdk_pull(store, bucket, proxy, tmp_path / "out", rate_limiter=tos.RateLimiter(rate, rate))
@@ -295,16 +307,14 @@ def test_sdk_traffic_limit_caps_the_pull(
     total = sum(map(len, FILES.values()))
     started = time.monotonic()
     with pytest.warns(CompatWarning, match="per connection"):
-        sdk_pull(store, bucket, proxy, tmp_path / "out", traffic_limit=MiB * 8, task_num=1)
-    assert time.monotonic() - started >= (total - MiB) / MiB * 0.9
+        sdk_pull(store, bucket, proxy, tmp_path / "out", traffic_limit=2 * MiB * 8, task_num=1)
+    assert time.monotonic() - started >= (total - 2 * MiB) / (2 * MiB) * 0.9
 
 
 def test_sdk_enable_crc_false_turns_verification_off(
     store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    proxy.add_rule(
-        Rule(set_headers({"x-tos-hash-crc64ecma": "12345"}), method="HEAD", times=None)
-    )
+    proxy.add_rule(Rule(set_headers({"x-tos-hash-crc64ecma": "12345"}), method="HEAD", times=None))
     with pytest.raises(modelpull.IntegrityError):
         sdk_pull(store, bucket, proxy, tmp_path / "a", enable_crc=True)
     sdk_pull(store, bucket, proxy, tmp_path / "b", enable_crc=False)
@@ -389,6 +399,13 @@ class AnonymousRclone:
         self.log.close()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that drop a connection mid-body are what the faults tests do
+
+
 class TosFront:
     """TOS's JSON listing and errors, in front of an S3 server rooted at one bucket's folder."""
 
@@ -414,9 +431,10 @@ class TosFront:
             def do_GET(self) -> None:
                 front._serve(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}
+        )
 
     @property
     def url(self) -> str:
@@ -438,8 +456,15 @@ class TosFront:
         request_id = f"front-{next(self._ids)}"
         if key in self.fail:
             code, name, headers = self.fail[key]
-            body = json.dumps({"Code": name, "Message": f"injected {name}", "RequestId": request_id,
-                               "HostId": "front", "EC": "0000-00000000"}).encode()
+            body = json.dumps(
+                {
+                    "Code": name,
+                    "Message": f"injected {name}",
+                    "RequestId": request_id,
+                    "HostId": "front",
+                    "EC": "0000-00000000",
+                }
+            ).encode()
             self._answer(handler, code, {"x-tos-request-id": request_id, **headers}, body)
         elif not key and "list-type=2" in parts.query:
             self._answer(handler, 200, {"x-tos-request-id": request_id}, self._listing(parts.query))
@@ -457,12 +482,25 @@ class TosFront:
         contents = []
         for key in page:
             data = (self.root / key).read_bytes()
-            item = {"Key": key, "Size": len(data), "ETag": f'"{hashlib.md5(data).hexdigest()}"',
-                    "LastModified": "2024-01-02T03:04:05.000Z", "StorageClass": "STANDARD"}
+            item = {
+                "Key": key,
+                "Size": len(data),
+                "ETag": f'"{hashlib.md5(data).hexdigest()}"',
+                "LastModified": "2024-01-02T03:04:05.000Z",
+                "StorageClass": "STANDARD",
+            }
             contents.append(item)
-        return json.dumps({"Name": "bucket", "Prefix": prefix, "MaxKeys": self.page_size,
-                           "KeyCount": len(page), "IsTruncated": more, "Contents": contents,
-                           "NextContinuationToken": page[-1] if more else ""}).encode()
+        return json.dumps(
+            {
+                "Name": "bucket",
+                "Prefix": prefix,
+                "MaxKeys": self.page_size,
+                "KeyCount": len(page),
+                "IsTruncated": more,
+                "Contents": contents,
+                "NextContinuationToken": page[-1] if more else "",
+            }
+        ).encode()
 
     def _forward(
         self, handler: BaseHTTPRequestHandler, parts: Any, key: str, request_id: str
@@ -510,15 +548,17 @@ def stand_in(
     bucket = rclone_store.new_bucket("tossdk")
     rclone_store.put_tree(bucket, "models/llama/", FILES)
     scratch = tmp_path_factory.mktemp("anon-rclone")
-    with AnonymousRclone(rclone_server.root / bucket, scratch) as anon, TosFront(
-        anon.port, rclone_server.root / bucket
-    ) as front:
+    with (
+        AnonymousRclone(rclone_server.root / bucket, scratch) as anon,
+        TosFront(anon.port, rclone_server.root / bucket) as front,
+    ):
         yield bucket, front
 
 
 @pytest.fixture
 def front(stand_in: tuple[str, TosFront]) -> Iterator[TosFront]:
     front = stand_in[1]
+    front.seen.clear()
     yield front
     front.crc.clear()
     front.fail.clear()
@@ -537,23 +577,21 @@ def sdk_config(front: TosFront, **overrides: Any) -> PullConfig:
     return replace(base, **overrides)
 
 
-@pytest.fixture
+@pytest.fixture(params=["download_file", "ranged"])
 def sdk_backend(
-    front: TosFront, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, front: TosFront, monkeypatch: pytest.MonkeyPatch
 ) -> Callable[..., TosSdkBackend]:
-    """Make modelpull.pull use the tos-sdk backend, as ``--backend tos-sdk`` does."""
-    made: list[TosSdkBackend] = []
+    """Make modelpull.pull use the tos-sdk backend, in each of its two modes.
+
+    ``download_file`` hands whole files to the SDK where the engine honours
+    ``whole_file``; ``ranged`` sends every part through the engine's ranged GETs.
+    """
 
     def make(config: PullConfig, credentials: Credentials | None = None) -> TosSdkBackend:
-        backend = TosSdkBackend(config, credentials)
-        made.append(backend)
-        return backend
+        return TosSdkBackend(config, credentials, mode=request.param)
 
     monkeypatch.setattr("modelpull.api.make_backend", make)
     return make
-
-
-ANON = Credentials("", "") if False else None
 
 
 def test_sdk_backend_downloads_a_model(
@@ -573,7 +611,9 @@ def test_sdk_backend_downloads_a_model(
     assert result.files_fetched == len(FILES)
     assert sum(seen) == sum(map(len, FILES.values()))
     # The same skip logic: a second pull fetches nothing.
-    again = modelpull.pull(f"tos://{bucket}/models/llama/", tmp_path / "out", config=sdk_config(front))
+    again = modelpull.pull(
+        f"tos://{bucket}/models/llama/", tmp_path / "out", config=sdk_config(front)
+    )
     assert (again.files_fetched, again.files_skipped) == (0, len(FILES))
 
 
@@ -638,6 +678,11 @@ def test_fetch_file_lets_the_engine_stop_it(
             backend.fetch_file(obj, stand_in[0], tmp_path / "w.part", progress)
     finally:
         backend.close()
+        # download_file drops the responses of the parts it abandons without closing
+        # them (tos 2.9); collected here rather than in whichever test runs next.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
 
 
 def both_backends(front: TosFront, rclone_store: S3Store) -> list[Any]:
@@ -680,8 +725,12 @@ def test_sdk_errors_keep_status_code_and_request_id(
     try:
         with pytest.raises(cls) as info:
             backend.read_range(
-                ObjectInfo(key=key, size=10, etag=""), stand_in[0], 0, 10,
-                memoryview(bytearray(10)), lambda view: None,
+                ObjectInfo(key=key, size=10, etag=""),
+                stand_in[0],
+                0,
+                10,
+                memoryview(bytearray(10)),
+                lambda view: None,
             )
     finally:
         backend.close()
@@ -711,7 +760,7 @@ def test_backend_selected_by_config(
     stand_in: tuple[str, TosFront], front: TosFront, tmp_path: Path
 ) -> None:
     # --backend tos-sdk / MODELPULL_BACKEND=tos-sdk reach the same backend.
-    config = PullConfig.from_env({"MODELPULL_BACKEND": "tos-sdk"}, **vars(sdk_config(front)))
+    config = replace(sdk_config(front), backend="tos-sdk")
     result = modelpull.pull(f"tos://{stand_in[0]}/models/llama/", tmp_path / "out", config=config)
     assert result.backend == "tos-sdk"
     assert tree(tmp_path / "out") == FILES

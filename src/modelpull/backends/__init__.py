@@ -9,7 +9,7 @@ from modelpull.errors import UsageError
 
 __all__ = ["Backend", "ChunkSink", "ObjectInfo", "RangeResult", "make_backend"]
 
-BACKENDS = ("boto3",)
+BACKENDS = ("boto3", "tos-sdk")
 
 
 def make_backend(config: PullConfig, credentials: Credentials | None = None) -> Backend:
@@ -18,4 +18,10 @@ def make_backend(config: PullConfig, credentials: Credentials | None = None) -> 
         from modelpull.backends.boto3 import Boto3Backend
 
         return Boto3Backend(config, credentials)
+    if config.backend == "tos-sdk":
+        # Imported here: the TOS SDK is an optional extra; without it this raises
+        # BackendUnavailableError (exit 9) only when the backend is chosen.
+        from modelpull.backends.tos_sdk import TosSdkBackend
+
+        return TosSdkBackend(config, credentials)
     raise UsageError(f"unknown backend {config.backend!r}: choose one of {', '.join(BACKENDS)}")

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import boto3
 import urllib3.exceptions as uexc
 
 from modelpull.backends.base import ChunkSink, ObjectInfo, RangeResult
@@ -226,9 +227,10 @@ def _sdk_credentials(config: PullConfig, credentials: Credentials | None) -> Cre
     """Explicit credentials, else whatever boto3's chain finds (TOS takes the same keys)."""
     if credentials is not None:
         return credentials
-    import boto3
-
-    found = boto3.session.Session(profile_name=config.profile).get_credentials()
+    try:
+        found = boto3.session.Session(profile_name=config.profile).get_credentials()
+    except Exception as exc:  # ProfileNotFound, a broken config file, ...
+        raise UsageError(f"cannot read credentials from boto3's chain: {exc}") from None
     if found is None:
         return None  # anonymous requests, for public buckets
     frozen = found.get_frozen_credentials()
