@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -164,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="one JSON object per file")
     _connection_options(ls)
 
+    bench = commands.add_parser(
+        "bench", help="download the same objects with each backend, side by side"
+    )
+    bench.add_argument("uri", metavar="URI")
+    bench.add_argument("--backends", default="boto3,tos-sdk", help="default boto3,tos-sdk")
+    bench.add_argument("--concurrency", default="16", help="comma-separated, default 16")
+    bench.add_argument("--part-size", default="32MiB", help="comma-separated, default 32MiB")
+    bench.add_argument("--rounds", default="3", help="interleaved rounds (default 3)")
+    bench.add_argument(
+        "--output", default="modelpull-bench", metavar="DIR", help="bench.json and bench.png"
+    )
+    bench.add_argument("--work-dir", metavar="DIR", help="where trials download (default /tmp)")
+    _connection_options(bench)
+
     demo = commands.add_parser(
         "demo", help="pull a generated sample model from a local S3 server (rclone)"
     )
@@ -284,8 +299,6 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from modelpull.demo import run_demo
 
     status: int = run_demo(
@@ -293,6 +306,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
     )
     return status
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from modelpull.bench import config_env, markdown, parse_list, parse_sizes, run_bench
+
+    config = config_from_args(args)
+    rows = run_bench(
+        args.uri,
+        backends=parse_list(args.backends, "--backends", str),
+        concurrencies=parse_list(args.concurrency, "--concurrency", int),
+        part_sizes=parse_sizes(args.part_size),
+        rounds=_int_flag(args.rounds, "--rounds") or 0,
+        out_dir=Path(args.output),
+        work_dir=Path(args.work_dir) if args.work_dir else None,
+        env=config_env(config),
+    )
+    print(markdown(rows), end="")
+    return 0
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -311,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        handler = {"pull": _cmd_pull, "ls": _cmd_ls, "demo": _cmd_demo}[args.command]
+        commands = {"pull": _cmd_pull, "ls": _cmd_ls, "bench": _cmd_bench, "demo": _cmd_demo}
+        handler = commands[args.command]
         return handler(args)
     except (errors.ModelPullError, KeyboardInterrupt) as exc:
         code = exit_code(exc)

@@ -764,3 +764,25 @@ def test_backend_selected_by_config(
     result = modelpull.pull(f"tos://{stand_in[0]}/models/llama/", tmp_path / "out", config=config)
     assert result.backend == "tos-sdk"
     assert tree(tmp_path / "out") == FILES
+
+
+def test_bench_runs_the_tos_sdk_backend(
+    stand_in: tuple[str, TosFront], front: TosFront, tmp_path: Path
+) -> None:
+    """``modelpull bench`` drives the tos-sdk backend like the engine, and checks its bytes."""
+    from modelpull.bench import config_env, run_bench
+
+    env = config_env(sdk_config(front))
+    rows = run_bench(
+        f"tos://{stand_in[0]}/models/llama/",
+        backends=["tos-sdk"],
+        concurrencies=[2, 4],
+        part_sizes=[1 * MiB],
+        rounds=1,
+        out_dir=tmp_path / "out",
+        work_dir=tmp_path,
+        env=env,
+    )
+    assert [(r["backend"], r["concurrency"]) for r in rows] == [("tos-sdk", 2), ("tos-sdk", 4)]
+    assert all(r["median_mb_per_s"] > 0 for r in rows)
+    assert (tmp_path / "out" / "bench.json").exists()
