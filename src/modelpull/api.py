@@ -203,6 +203,7 @@ def pull(
     tally = _Tally()
     emit = _dispatcher([tally, *observers])
     backend = make_backend(cfg, credentials)
+    outcomes: list[FileOutcome] = []
     ok = False
     try:
         policy = RetryPolicy(max_attempts=cfg.max_attempts, deadline=cfg.deadline)
@@ -233,13 +234,14 @@ def pull(
         ok = True
     finally:
         seconds = time.monotonic() - started
-        emit(PullFinished(files=0, bytes=tally.bytes, seconds=seconds, ok=ok))
+        fetched = sum(1 for o in outcomes if o.status == "fetched")
+        emit(PullFinished(files=fetched, bytes=tally.bytes, seconds=seconds, ok=ok))
         backend.close()
     return PullResult(
         uri=uri,
         dest=str(target),
         backend=backend.name,
-        files_fetched=sum(1 for o in outcomes if o.status == "fetched"),
+        files_fetched=fetched,
         files_skipped=sum(1 for o in outcomes if o.status == "skipped"),
         bytes_downloaded=tally.bytes,
         seconds=seconds,
