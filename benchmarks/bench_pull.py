@@ -78,6 +78,7 @@ DEFAULT_ARMS = (
     "modelpull",
     "modelpull-noverify",
     "modelpull-strict",
+    "modelpull-c32",
     "boto3-default",
     "boto3-aibrix",
     "tos-sdk",
@@ -370,6 +371,12 @@ ARMS: dict[str, Arm] = {
             _modelpull_env,
         ),
         Arm(
+            "modelpull-c32",
+            "modelpull pull --no-progress --concurrency 32 --part-size 64MiB (the tos-sdk arm's)",
+            _modelpull(["--concurrency", "32", "--part-size", "64MiB"]),
+            _modelpull_env,
+        ),
+        Arm(
             "modelpull-strict",
             "modelpull pull --no-progress --verify strict (CRC64NVME and the MD5 ETag)",
             _modelpull(["--verify", "strict"]),
@@ -565,6 +572,12 @@ def targets(summaries: dict[str, Summary]) -> list[Target]:
                     overhead <= 0.10,
                 )
             )
+    if "modelpull-c32" in summaries and "tos-sdk" in summaries:
+        # Same concurrency and part size as the TOS SDK arm: the migration's comparison.
+        ratio = summaries["modelpull-c32"].mb_per_s / summaries["tos-sdk"].mb_per_s
+        found.append(
+            Target("modelpull-c32 / tos-sdk (32 requests, 64 MiB parts)", ratio, "> 1x", ratio > 1)
+        )
     if "modelpull-proxy" in summaries and "modelpull-proxy-resets" in summaries:
         ratio = summaries["modelpull-proxy-resets"].mb_per_s / summaries["modelpull-proxy"].mb_per_s
         found.append(
