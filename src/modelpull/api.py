@@ -179,6 +179,7 @@ def pull(
     credentials: Credentials | None = None,
     observers: Sequence[Observer] = (),
     registry: CollectorRegistry | None = None,
+    distributed: bool = False,
 ) -> PullResult:
     """Pull the object or folder at ``uri`` into the folder ``dest``.
 
@@ -188,6 +189,10 @@ def pull(
     ``observers`` receive :mod:`modelpull.events` from worker threads. ``registry``
     (default: none) records the pull's Prometheus metrics there, adding to those of
     earlier pulls on it (needs the ``[metrics]`` extra; see ``docs/metrics.md``).
+    ``distributed=True`` runs this call as one rank of a job started by torchrun (or any
+    launcher that sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``):
+    each byte is fetched once per cluster and shared between nodes; see
+    :func:`modelpull.cluster.pull_distributed` (the ``[distributed]`` extra).
     Raises :class:`~modelpull.errors.ModelPullError` subclasses only.
     """
     parsed = parse_uri(uri)
@@ -199,6 +204,18 @@ def pull(
 
         metrics = MetricsObserver(registry, backend=cfg.backend, bucket=parsed.bucket)
         observers = [*observers, metrics]
+    if distributed:
+        from modelpull.cluster import pull_distributed
+
+        return pull_distributed(
+            uri,
+            dest,
+            include=include,
+            exclude=exclude,
+            config=cfg,
+            credentials=credentials,
+            observers=observers,
+        )
     started = time.monotonic()
     tally = _Tally()
     emit = _dispatcher([tally, *observers])

@@ -47,6 +47,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.ObjectChangedError, 8),
     (errors.BackendUnavailableError, 9),
     (errors.StoreError, 10),
+    (errors.ClusterError, 11),
     (errors.ModelPullError, 1),
 )
 EXIT_INTERRUPTED = 128  # plus the signal number: 130 for Ctrl-C, 143 for SIGTERM
@@ -109,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 access denied or no "
         "credentials, 5 endpoint unreachable, 6 destination (not a folder, not writable, disk "
         "full, unsafe key), 7 integrity, 8 object changed during the pull, 9 optional backend "
-        "missing, 10 other store error, 130/143 interrupted (resume by running it again).",
+        "missing (or torch, for --distributed), 10 other store error, 11 a cluster pull could "
+        "not finish together (a lost peer with --no-dist-fallback), 130/143 interrupted "
+        "(resume by running it again).",
     )
     parser.add_argument("--version", action="version", version=f"modelpull {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -157,6 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write Prometheus metrics to PATH when the pull ends, failed or not "
         "(node_exporter textfile format, atomic; name it *.prom)",
+    )
+    dist = p.add_argument_group("cluster pull (one process per rank, e.g. under torchrun)")
+    dist.add_argument(
+        "--distributed",
+        action="store_true",
+        help="fetch each byte once per cluster and share it between nodes over "
+        "torch.distributed (needs modelpull[distributed]; see docs/cluster.md)",
+    )
+    dist.add_argument(
+        "--dist-timeout",
+        metavar="SECONDS",
+        help="a peer silent this long is lost (env MODELPULL_DIST_TIMEOUT; default 300)",
+    )
+    dist.add_argument(
+        "--no-dist-fallback",
+        action="store_true",
+        help="fail naming a lost peer instead of fetching its share from the store",
     )
     _connection_options(p)
 
@@ -250,6 +270,13 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     _warn_insecure(config)
     interval = parse_duration(args.progress_interval, what="--progress-interval")
+    if not args.distributed and (args.dist_timeout is not None or args.no_dist_fallback):
+        raise errors.UsageError("--dist-timeout and --no-dist-fallback need --distributed")
+    dist_timeout = (
+        parse_duration(args.dist_timeout, what="--dist-timeout")
+        if args.dist_timeout is not None
+        else None
+    )
     with ExitStack() as stack:
         observers: list[Observer] = []
         # Event logs only when asked for: at the default level a failed file would
@@ -269,14 +296,29 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         # JSON logs are for machines: plain status lines would break them up.
         show = not args.no_progress and (args.log_format != "json" or sys.stderr.isatty())
         progress = stack.enter_context(ProgressDisplay(enabled=show, interval=interval))
-        result = pull(
-            args.uri,
-            args.dest,
-            include=args.include,
-            exclude=args.exclude,
-            config=config,
-            observers=[progress, *observers],
-        )
+        result: PullResult
+        if args.distributed:
+            from modelpull.cluster import pull_distributed
+
+            result = pull_distributed(
+                args.uri,
+                args.dest,
+                include=args.include,
+                exclude=args.exclude,
+                config=config,
+                observers=[progress, *observers],
+                timeout=dist_timeout,
+                fallback=False if args.no_dist_fallback else None,
+            )
+        else:
+            result = pull(
+                args.uri,
+                args.dest,
+                include=args.include,
+                exclude=args.exclude,
+                config=config,
+                observers=[progress, *observers],
+            )
     if args.json:
         print(json.dumps({"ok": True, **result.to_dict()}, sort_keys=True))
     else:

@@ -23,6 +23,7 @@ twin. Every class has a stable exit code in :mod:`modelpull.cli`'s table.
     │   └── RetriesExhaustedError             a part failed every attempt of its budget
     ├── IntegrityError                        downloaded bytes do not match a store checksum
     ├── BackendUnavailableError (ImportError) an optional backend's package is not installed
+    ├── ClusterError                          a cluster pull's ranks could not finish together
     └── InterruptedPullError                  Ctrl-C or SIGTERM; resumable state was kept
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "AccessDeniedError",
     "BackendUnavailableError",
     "BucketNotFoundError",
+    "ClusterError",
     "DestinationError",
     "DiskFullError",
     "EndpointError",
@@ -176,6 +178,17 @@ class IntegrityError(ModelPullError):
 
 class BackendUnavailableError(ModelPullError, ImportError):
     """The chosen backend needs an optional package that is not installed."""
+
+
+class ClusterError(ModelPullError):
+    """The cluster could not finish together; ``ranks`` names the ranks at fault, if known.
+
+    A peer was lost with fallback off, or the ranks could not meet (rendezvous, store).
+    """
+
+    def __init__(self, message: str, *, ranks: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.ranks = ranks
 
 
 class InterruptedPullError(ModelPullError):

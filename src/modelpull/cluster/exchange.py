@@ -1,0 +1,321 @@
+"""The exchange: every fetcher sends the parts it holds to the fetchers that need them.
+
+One step of the :class:`~modelpull.cluster.plan.Schedule` is one all-gather: each
+member puts its next chunk (read from its temp file, or from a complete file) in its
+slot and receives everyone else's. A receiver writes a chunk it needs at its offset
+into its own temp file, created and preallocated as the engine creates it and held
+under the same per-file lock, and records each complete part in the file's resume
+journal with CRCs computed *over the bytes it received*. The engine then completes the
+file from the journal and verifies it against the store's checksums, exactly as after
+an interrupted pull: end to end on every node, whoever fetched the bytes.
+
+Step ``k + 1`` is in flight while step ``k`` is written out, so memory is two sets of
+slots whatever the model's size. A failure of this member alone (a full disk, a busy
+lock) never stops the collective: the member keeps sending and stops receiving, and
+the engine fetches what it lacks. A failed collective (a peer died or timed out)
+raises :class:`~modelpull.cluster.transport.TransportError` with every part received
+so far kept in the journals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from modelpull.cluster.plan import Chunk, ClusterPlan, Schedule, View
+from modelpull.cluster.transport import HEADER, VALID, Handle, Transport
+from modelpull.config import PullConfig
+from modelpull.errors import ModelPullError
+from modelpull.events import BytesTransferred, Event
+from modelpull.files import preallocate
+from modelpull.integrity import PartHasher, Verifier
+from modelpull.journal import Journal
+from modelpull.plan import RemoteFile
+from modelpull.state import StateDir
+
+__all__ = ["Exchange", "ExchangeStats"]
+
+log = logging.getLogger("modelpull")
+
+
+@dataclass
+class ExchangeStats:
+    """Bytes received from peers (and written), bytes sent, parts recorded."""
+
+    received: int = 0
+    sent: int = 0
+    parts: int = 0
+
+
+class _LocalFile:
+    """One file of the plan on this member's disk, open for the steps that touch it."""
+
+    def __init__(
+        self,
+        remote: RemoteFile,
+        dest: Path,
+        state: StateDir,
+        config: PullConfig,
+        *,
+        complete: bool,
+        receiving: bool,
+    ) -> None:
+        self.remote = remote
+        self.final = dest / remote.path
+        self.temp = state.temp_path(remote.path)
+        self.lock_path = state.lock_path(remote.path)
+        self.config = config
+        self.complete = complete
+        self.receiving = receiving
+        self.usable = True
+        self.fd: int | None = None
+        self.journal: Journal | None = None
+        self.lock: FileLock | None = None
+        self.verifier: Verifier | None = None
+
+    def _give_up(self, why: str) -> None:
+        if self.usable:
+            log.warning(
+                "exchange: %s: %s; the pull fetches it from the store", self.remote.path, why
+            )
+        self.usable = False
+
+    def open(self) -> None:
+        obj = self.remote.obj
+        try:
+            if self.complete:
+                self.fd = os.open(self.final, os.O_RDONLY)
+                return
+            lock = FileLock(self.lock_path)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                # Another process is writing it: waiting would stall the whole cluster.
+                self._give_up("another process holds its lock")
+                return
+            self.lock = lock
+            if self.receiving:
+                self.verifier = Verifier.for_object(obj, self.config.verify, path=self.remote.path)
+            journal_path = self.temp.with_suffix(".journal")
+            part_size = self.config.part_size
+            journal = Journal.load(journal_path, obj, part_size, self.temp)
+            if journal is None:
+                if not self.receiving:
+                    self._give_up("its resume journal is gone")
+                    return
+                self.fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+                preallocate(self.fd, obj.size)
+                journal = Journal(journal_path, obj.etag, obj.size, part_size)
+                journal.remove()
+            else:
+                self.fd = os.open(self.temp, os.O_RDWR)
+            self.journal = journal
+        except (OSError, ModelPullError) as exc:
+            self._give_up(f"cannot open it ({exc})")
+
+    def has_part(self, part: int) -> bool:
+        return self.complete or (self.journal is not None and part in self.journal.done)
+
+    def read(self, view: memoryview, offset: int) -> bool:
+        if not self.usable or self.fd is None:
+            return False
+        got = 0
+        try:
+            while got < len(view):
+                n = os.preadv(self.fd, [view[got:]], offset + got)
+                if n <= 0:
+                    break
+                got += n
+        except OSError as exc:
+            self._give_up(f"cannot read it ({exc})")
+            return False
+        return got == len(view)
+
+    def write(self, view: memoryview, offset: int) -> bool:
+        if not self.usable or self.fd is None or self.journal is None:
+            return False
+        written = 0
+        try:
+            while written < len(view):
+                written += os.pwrite(self.fd, view[written:], offset + written)
+        except OSError as exc:
+            self._give_up(f"cannot write it ({exc.strerror or exc})")
+            return False
+        return True
+
+    def record(self, part: int, crcs: dict[str, int]) -> bool:
+        if not self.usable or self.fd is None or self.journal is None:
+            return False
+        self.journal.done[part] = crcs
+        try:
+            if self.config.fsync:
+                os.fdatasync(self.fd)
+            self.journal.save()
+        except OSError as exc:
+            self._give_up(f"cannot save its journal ({exc})")
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+class _Incoming:
+    """A part being received: its CRCs so far and where its next chunk must start."""
+
+    __slots__ = ("hasher", "next_offset")
+
+    def __init__(self, hasher: PartHasher, start: int) -> None:
+        self.hasher = hasher
+        self.next_offset = start
+
+
+class Exchange:
+    """One run of a schedule over one transport, for member ``me``."""
+
+    def __init__(
+        self,
+        plan: ClusterPlan,
+        view: View,
+        me: int,
+        dest: Path,
+        config: PullConfig,
+        schedule: Schedule,
+        transport: Transport,
+        emit: Callable[[Event], None],
+        *,
+        die_after_first_step: bool = False,
+    ) -> None:
+        self._plan = plan
+        self._me = me
+        self._members = view.members
+        self._schedule = schedule
+        self._transport = transport
+        self._emit = emit
+        self._die = die_after_first_step
+        self.stats = ExchangeStats()
+        mine = view.states[me]
+        self._wanted: set[tuple[int, int]] = set()
+        span: dict[int, list[int]] = {}
+        for step in range(schedule.steps):
+            for member in self._members:
+                chunk = schedule.chunk(member, step)
+                if chunk is None:
+                    continue
+                key = (chunk.ref.file, chunk.ref.part)
+                if member != me and mine.needs(*key):
+                    self._wanted.add(key)
+                elif member != me:
+                    continue
+                first_last = span.setdefault(chunk.ref.file, [step, step])
+                first_last[1] = step
+        state = StateDir(dest)
+        receiving = {f for f, _ in self._wanted}
+        self._files = {
+            f: _LocalFile(
+                plan.files[f],
+                dest,
+                state,
+                config,
+                complete=f in mine.complete,
+                receiving=f in receiving,
+            )
+            for f in span
+        }
+        self._opens: dict[int, list[int]] = {}
+        self._closes: dict[int, list[int]] = {}
+        for f, (first, last) in span.items():
+            self._opens.setdefault(first, []).append(f)
+            self._closes.setdefault(last, []).append(f)
+        self._incoming: dict[tuple[int, int], _Incoming] = {}
+
+    def run(self) -> ExchangeStats:
+        """Every step in order; :class:`TransportError` if the collective fails."""
+        pending: tuple[int, int, Handle] | None = None
+        transport = self._transport
+        try:
+            for step in range(self._schedule.steps):
+                slot = step % 2
+                for f in self._opens.get(step, ()):
+                    self._files[f].open()
+                self._fill(slot, step)
+                handle = transport.start(slot, HEADER + self._schedule.step_length(step))
+                if pending is not None:
+                    self._drain(*pending)
+                pending = (step, slot, handle)
+            if pending is not None:
+                self._drain(*pending)
+        finally:
+            for local in self._files.values():
+                local.close()
+        return self.stats
+
+    def _fill(self, slot: int, step: int) -> None:
+        view = self._transport.inputs[slot]
+        chunk = self._schedule.chunk(self._me, step)
+        view[0] = 0
+        if chunk is None:
+            return
+        local = self._files[chunk.ref.file]
+        body = view[HEADER : HEADER + chunk.length]
+        if local.has_part(chunk.ref.part) and local.read(body, chunk.offset):
+            view[0] = VALID
+            self.stats.sent += chunk.length
+
+    def _drain(self, step: int, slot: int, handle: Handle) -> None:
+        handle.wait()
+        outputs = self._transport.outputs[slot]
+        for j, member in enumerate(self._members):
+            if member == self._me:
+                continue
+            chunk = self._schedule.chunk(member, step)
+            if chunk is None or (chunk.ref.file, chunk.ref.part) not in self._wanted:
+                continue
+            out = outputs[j]
+            self._receive(chunk, out[HEADER : HEADER + chunk.length] if out[0] == VALID else None)
+        for f in self._closes.get(step, ()):
+            self._files[f].close()
+        if self._die and step == 0:
+            log.warning("MODELPULL_DIST_TEST_KILL: rank %d kills itself mid-exchange", self._me)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _receive(self, chunk: Chunk, body: memoryview | None) -> None:
+        key = (chunk.ref.file, chunk.ref.part)
+        local = self._files[chunk.ref.file]
+        incoming = self._incoming.get(key)
+        if incoming is None and chunk.offset == chunk.ref.start and local.verifier is not None:
+            incoming = _Incoming(local.verifier.part_hasher(), chunk.ref.start)
+            self._incoming[key] = incoming
+        if (
+            incoming is None
+            or body is None
+            or incoming.next_offset != chunk.offset
+            or not local.write(body, chunk.offset)
+        ):
+            # The part is dropped whole: the engine fetches it from the store later.
+            dropped = self._incoming.pop(key, None)
+            if dropped is not None and dropped.next_offset > chunk.ref.start:
+                undone = dropped.next_offset - chunk.ref.start
+                self._emit(BytesTransferred(path=local.remote.path, bytes=-undone))
+            return
+        incoming.hasher.update(body)
+        incoming.next_offset += chunk.length
+        self.stats.received += chunk.length
+        self._emit(BytesTransferred(path=local.remote.path, bytes=chunk.length))
+        if chunk.last:
+            del self._incoming[key]
+            if local.record(chunk.ref.part, incoming.hasher.values()):
+                self.stats.parts += 1

@@ -1,0 +1,82 @@
+"""What there is: the files the store offers (the plan) and what this DEST already holds."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from modelpull.backends.base import Backend
+from modelpull.cluster.plan import ClusterPlan, MemberState
+from modelpull.config import PullConfig
+from modelpull.errors import ModelPullError
+from modelpull.journal import Journal
+from modelpull.plan import RemoteFile, list_remote, select
+from modelpull.retry import RetryPolicy
+from modelpull.state import StateDir
+from modelpull.uri import ObjectURI
+
+__all__ = ["local_state", "make_plan"]
+
+
+def make_plan(
+    backend: Backend,
+    uri: ObjectURI,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    config: PullConfig,
+    on_retry: Callable[[ModelPullError, int, float], None],
+) -> ClusterPlan:
+    """List and filter as :func:`modelpull.pull` does, then HEAD each file.
+
+    A listing lacks the checksums a HEAD gives, and every node must compute the same CRC
+    kinds over the parts it receives, so the plan carries them.
+    """
+    policy = RetryPolicy(max_attempts=config.max_attempts, deadline=config.deadline)
+    listed = policy.call(lambda: list_remote(backend, uri), on_retry)
+    files = select(listed, include, exclude)
+    if config.verify != "off" and files:
+
+        def head(f: RemoteFile) -> RemoteFile:
+            fresh = policy.call(lambda: backend.head(uri.bucket, f.obj.key), on_retry)
+            return RemoteFile(obj=fresh, path=f.path)
+
+        workers = max(1, min(config.concurrency, len(files)))
+        with concurrent.futures.ThreadPoolExecutor(workers, "modelpull-head") as pool:
+            files = list(pool.map(head, files))
+    return ClusterPlan(uri.bucket, config.part_size, tuple(files))
+
+
+def local_state(
+    plan: ClusterPlan,
+    dest: Path,
+    rank: int,
+    *,
+    force: bool,
+    fetch_failed: bool = False,
+    cuda: bool = False,
+    nccl_failed: bool = False,
+) -> MemberState:
+    """What ``dest`` holds of the plan: complete files (by their records; none with
+    ``force``) and parts held in resume journals that describe this very object."""
+    state = StateDir(dest)
+    complete: set[int] = set()
+    held: dict[int, frozenset[int]] = {}
+    for f in plan.shared():
+        remote = plan.files[f]
+        if not force and state.is_complete(remote.path, dest / remote.path, remote.obj):
+            complete.add(f)
+            continue
+        temp = state.temp_path(remote.path)
+        journal = Journal.load(temp.with_suffix(".journal"), remote.obj, plan.part_size, temp)
+        if journal is not None:
+            valid = range(len(plan.parts(f)))
+            held[f] = frozenset(p for p in journal.done if p in valid)
+    return MemberState(
+        rank=rank,
+        complete=frozenset(complete),
+        held=held,
+        fetch_failed=fetch_failed,
+        cuda=cuda,
+        nccl_failed=nccl_failed,
+    )

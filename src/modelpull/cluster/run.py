@@ -1,0 +1,669 @@
+"""A cluster pull: each byte fetched from the store once per cluster, shared between nodes.
+
+Roles. The lowest rank of each node is its *fetcher*; the node's other ranks share its
+DEST and only wait for it, then check every file is recorded complete (they never touch
+the network unless their fetcher is lost). Rank 0 also lists and plans.
+
+Rounds, among the fetchers (the *members* of a round)::
+
+    post my state (complete files, parts held in resume journals) -> agree who is in
+      ├─ parts that some member needs and none holds?  fetch my contiguous share of
+      │  them from the store (the engine, ``only=`` those parts)  -> next round
+      └─ else parts that one holds and another needs?  exchange them (all-gather steps,
+         written into temp files and journals)  -> done, or next round if it failed
+    finalize: the normal engine over the whole plan: it finds every part in its journal,
+    verifies the file against the store's checksums and renames it into place; any part
+    still missing (a lost peer, a failed exchange) is fetched from the store right there.
+
+A member lost in a round (silent for the timeout, or finished with an error) is left out
+of the next; the parts only it held become missing and the others fetch them, which is
+the fallback. With fallback off, losing a member fails the pull naming it. Losing the
+rendezvous store (rank 0 hosts it unless torchrun's agent does) ends coordination: each
+rank then finishes on its own, or fails when fallback is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelpull.backends import make_backend
+from modelpull.backends.base import Backend
+from modelpull.cluster.coord import Coordinator, KVStore, StoreLost
+from modelpull.cluster.errors import ClusterError
+from modelpull.cluster.exchange import Exchange
+from modelpull.cluster.inventory import local_state, make_plan
+from modelpull.cluster.options import MIN_CHUNK_SIZE, ClusterOptions
+from modelpull.cluster.plan import (
+    ClusterPlan,
+    MemberState,
+    PartRef,
+    Schedule,
+    View,
+    assign_missing,
+    missing_parts,
+    plan_transfers,
+)
+from modelpull.cluster.report import (
+    ClusterPullResult,
+    Tally,
+    describe_error,
+    dispatcher,
+    rebuild_error,
+)
+from modelpull.cluster.topology import Layout, Topology
+from modelpull.cluster.transport import (
+    HEADER,
+    TransportError,
+    cuda_available,
+    open_transport,
+    rendezvous,
+    require_torch,
+)
+from modelpull.compat import tos as tos_compat
+from modelpull.config import PullConfig
+from modelpull.credentials import Credentials
+from modelpull.engine import Engine, FileOutcome
+from modelpull.errors import DestinationError, InterruptedPullError, ModelPullError
+from modelpull.events import (
+    Event,
+    FileDone,
+    FileQueued,
+    FileResumed,
+    FileSkipped,
+    Observer,
+    PartRetried,
+    PullFinished,
+    PullStarted,
+)
+from modelpull.state import StateDir
+from modelpull.uri import ObjectURI, parse_uri
+
+__all__ = ["pull_distributed"]
+
+log = logging.getLogger("modelpull")
+
+# Rounds are few in practice (fetch, exchange; one more fetch and exchange per loss);
+# the cap only stops a cluster whose every fetch keeps failing from looping.
+MAX_ROUNDS = 8
+# Exchange buffers (2 x (members + 1) slots) stay under this, whatever the cluster size.
+EXCHANGE_MEMORY = 256 << 20
+# Calls in this process: keys of successive pulls never meet in the store.
+_calls = itertools.count()
+
+
+def pull_distributed(
+    uri: str,
+    dest: str | os.PathLike[str],
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    config: PullConfig | None = None,
+    credentials: Credentials | None = None,
+    observers: Sequence[Observer] = (),
+    timeout: float | None = None,
+    fallback: bool | None = None,
+    options: ClusterOptions | None = None,
+) -> ClusterPullResult:
+    """Pull ``uri`` into ``dest`` on every node of a job, fetching each byte once.
+
+    Call it on every rank of a job started by torchrun or any launcher that sets
+    ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``. ``dest`` may hold
+    ``{rank}``, ``{local_rank}`` or ``{node}``. ``timeout`` (seconds, default 300) and
+    ``fallback`` (default on) override :class:`ClusterOptions` read from the
+    environment; ``options`` replaces them whole. Other arguments are
+    :func:`modelpull.pull`'s. Raises :class:`~modelpull.errors.ModelPullError`
+    subclasses only: :class:`~modelpull.errors.BackendUnavailableError` without torch,
+    :class:`~modelpull.cluster.errors.ClusterError` when the cluster cannot finish.
+    """
+    require_torch()
+    opts = (
+        options
+        if options is not None
+        else ClusterOptions.from_env(timeout=timeout, fallback=fallback)
+    )
+    parsed = parse_uri(uri)
+    if parsed.scheme == "tos":
+        # As modelpull.pull does: TOS_* settings and keys, a native endpoint mapped to S3.
+        cfg = tos_compat.config_for_tos() if config is None else tos_compat.adapt_config(config)
+        credentials = tos_compat.resolve_credentials(cfg, credentials)
+    else:
+        cfg = config if config is not None else PullConfig.from_env()
+    topo = Topology.from_env(opts)
+    target = Path(topo.expand(os.fspath(dest)))
+    started = time.monotonic()
+    # Before joining: a bad setting fails every rank alike, at once, with its own error.
+    backend = make_backend(cfg, credentials)
+    try:
+        store = rendezvous(topo.rank, topo.world_size, opts.timeout)
+    except BaseException:
+        backend.close()
+        raise
+    coord = Coordinator(store, f"modelpull/{next(_calls)}", topo.rank, opts.timeout)
+    run = _Run(
+        uri=uri,
+        parsed=parsed,
+        target=target,
+        include=include,
+        exclude=exclude,
+        cfg=cfg,
+        opts=opts,
+        topo=topo,
+        coord=coord,
+        store=store,
+        backend=backend,
+        observers=observers,
+    )
+    try:
+        return run.execute(started)
+    finally:
+        backend.close()
+
+
+@dataclass
+class _Run:
+    uri: str
+    parsed: ObjectURI
+    target: Path
+    include: Sequence[str] | None
+    exclude: Sequence[str] | None
+    cfg: PullConfig
+    opts: ClusterOptions
+    topo: Topology
+    coord: Coordinator
+    store: KVStore
+    backend: Backend
+    observers: Sequence[Observer]
+
+    def __post_init__(self) -> None:
+        self.tally = Tally()
+        self.emit = dispatcher(self.observers)
+        self.me = self.topo.rank
+        self.layout = Layout({self.me: self.topo.node})
+        self.from_peers = 0
+        self.to_peers = 0
+        self.lost: list[int] = []
+        self.rounds = 0
+        self.settings: dict[str, Any] = {}
+        self.announced: set[str] = set()
+
+    # -- the whole call ---------------------------------------------------------------
+
+    def execute(self, started: float) -> ClusterPullResult:
+        coord = self.coord
+        interrupted = False
+        ok = False
+        outcomes: list[FileOutcome] = []
+        try:
+            coord.start()
+            self.layout = self._layout()
+            log.debug("rank %d: joined; fetchers %s", self.me, list(self.layout.fetchers))
+            # After joining, so a DEST that cannot be used is reported to the others at
+            # once (through this rank's final status) instead of leaving them to time out.
+            try:
+                self.target.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DestinationError(
+                    f"cannot create {self.target}: {exc.strerror or exc}", errno=exc.errno
+                ) from exc
+            plan = self._plan()
+            log.debug("rank %d: plan of %d files", self.me, len(plan.files))
+            self.emit(
+                PullStarted(
+                    backend=self.backend.name,
+                    bucket=plan.bucket,
+                    files=len(plan.files),
+                    bytes=plan.total_bytes,
+                    skipped=0,
+                )
+            )
+            try:
+                if self.me in self.layout.fetchers:
+                    outcomes = self._fetcher(plan)
+                else:
+                    outcomes = self._follower(plan)
+            except StoreLost as exc:
+                outcomes = self._alone(plan, f"lost the rendezvous store ({exc})")
+            ok = True
+            with contextlib.suppress(StoreLost):
+                coord.publish(f"done/{self.me}", {"ok": True})
+        except StoreLost as exc:
+            # Before the plan was known: the only way on is a pull of our own.
+            outcomes = self._alone(None, f"lost the rendezvous store ({exc})")
+            ok = True
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt | InterruptedPullError)
+            with contextlib.suppress(StoreLost):
+                coord.publish(f"done/{self.me}", {"ok": False, **describe_error(exc, self.me)})
+            raise
+        finally:
+            if self.me == 0 and not interrupted:
+                self._linger()
+            coord.stop()
+            seconds = time.monotonic() - started
+            fetched = sum(1 for o in outcomes if o.status == "fetched")
+            self.emit(PullFinished(files=fetched, bytes=self.tally.bytes, seconds=seconds, ok=ok))
+        log.info(
+            "rank %d: %d bytes from the store, %d from peers, %d sent to peers, %d round(s)",
+            self.me,
+            self.tally.bytes,
+            self.from_peers,
+            self.to_peers,
+            self.rounds,
+        )
+        return ClusterPullResult(
+            uri=self.uri,
+            dest=str(self.target),
+            backend=self.backend.name,
+            files_fetched=fetched,
+            files_skipped=sum(1 for o in outcomes if o.status == "skipped"),
+            bytes_downloaded=self.tally.bytes,
+            seconds=seconds,
+            files=tuple(sorted(outcomes, key=lambda o: o.path)),
+            retries=dict(self.tally.retries),
+            checksums_verified=dict(self.tally.verified),
+            bytes_resumed=self.tally.resumed,
+            config=self.cfg.describe(),
+            rank=self.me,
+            fetcher=self.layout.fetcher_of(self.me),
+            nodes=self.layout.node_count(),
+            bytes_from_peers=self.from_peers,
+            bytes_to_peers=self.to_peers,
+            lost_ranks=tuple(sorted(set(self.lost))),
+            rounds=self.rounds,
+        )
+
+    def _linger(self) -> None:
+        """Rank 0 may host the store: keep it up until every rank is done with it."""
+        others = {r: f"done/{r}" for r in range(self.topo.world_size) if r != self.me}
+        with contextlib.suppress(StoreLost):
+            self.coord.wait(others, finished_is_lost=False)
+
+    # -- joining and planning ---------------------------------------------------------
+
+    def _layout(self) -> Layout:
+        where = f"{socket.gethostname()}:{self.target.resolve()}"
+        mine = {"node": self.topo.node, "dest": where}
+        gathered = self.coord.gather("node", mine, range(self.topo.world_size))
+        absent = sorted(r for r, info in gathered.items() if info is None)
+        if absent:
+            self._lose(absent, "left before the pull began")
+        present = {r: info for r, info in gathered.items() if info is not None}
+        layout = Layout({r: str(info["node"]) for r, info in present.items()})
+        self._check_dests(layout, {r: str(info["dest"]) for r, info in present.items()})
+        return layout
+
+    def _check_dests(self, layout: Layout, dests: dict[int, str]) -> None:
+        """Warn about DESTs that defeat the one-fetcher-per-disk rule; both still end right."""
+        fetcher = layout.fetcher_of(self.me)
+        if self.me == fetcher:
+            twins = [r for r in layout.fetchers if r != self.me and dests[r] == dests[self.me]]
+            if twins:
+                log.warning(
+                    "rank %d: ranks %s are other nodes but use the same DEST on this host (%s): "
+                    "they fetch and write the same files; give each its own DEST ({rank})",
+                    self.me,
+                    twins,
+                    dests[self.me],
+                )
+        elif dests[fetcher] != dests[self.me]:
+            log.warning(
+                "rank %d: DEST %s differs from that of rank %d, this node's fetcher (%s): this "
+                "rank will have to fetch on its own",
+                self.me,
+                dests[self.me],
+                fetcher,
+                dests[fetcher],
+            )
+
+    def _plan(self) -> ClusterPlan:
+        if self.me == 0:
+            try:
+                plan = self._make_plan()
+            except ModelPullError as exc:
+                self.coord.publish("plan", {"error": describe_error(exc, self.me)})
+                raise
+            self.settings = {"chunk_size": self.opts.chunk_size, "backend": self.opts.backend}
+            self.coord.publish("plan", {"plan": plan.to_json(), "settings": self.settings})
+            log.info(
+                "rank 0: %d files, %d bytes, over %d node(s)",
+                len(plan.files),
+                plan.total_bytes,
+                self.layout.node_count(),
+            )
+            return plan
+        got = self.coord.wait({0: "plan"})[0]
+        if got is None:
+            self._lose([0], "was lost before it shared the plan")
+            return self._make_plan()
+        if "error" in got:
+            raise rebuild_error(got["error"], "rank 0 could not plan the pull")
+        self.settings = dict(got["settings"])
+        return ClusterPlan.from_json(got["plan"])
+
+    def _make_plan(self) -> ClusterPlan:
+        def on_retry(exc: ModelPullError, attempt: int, delay: float) -> None:
+            reason = getattr(exc, "reason", None) or "error"
+            retried = PartRetried(path="", reason=reason, attempt=attempt, delay=delay)
+            self.tally(retried)
+            self.emit(retried)
+
+        return make_plan(self.backend, self.parsed, self.include, self.exclude, self.cfg, on_retry)
+
+    # -- losing peers -----------------------------------------------------------------
+
+    def _lose(self, ranks: Sequence[int], what: str) -> None:
+        """Note lost ranks; with fallback off, fail naming them."""
+        failed = []
+        for rank in ranks:
+            status = None
+            with contextlib.suppress(StoreLost):
+                if self.coord.exists(f"done/{rank}"):
+                    status = self.coord.read(f"done/{rank}")
+            if status is not None and status.get("ok"):
+                continue  # it finished: nothing of it is lost
+            why = f"failed: {status['message']}" if status else "stopped responding"
+            failed.append((rank, why))
+        if not failed:
+            return
+        self.lost.extend(rank for rank, _ in failed)
+        names = "; ".join(f"rank {rank} {why}" for rank, why in failed)
+        if not self.opts.fallback:
+            raise ClusterError(
+                f"lost {names} ({what}); fallback is off (--no-dist-fallback), so its share is "
+                "not fetched from the store - run the same command again to resume",
+                ranks=tuple(rank for rank, _ in failed),
+            )
+        log.warning("rank %d: lost %s (%s); the others fetch its share", self.me, names, what)
+
+    def _alone(self, plan: ClusterPlan | None, why: str) -> list[FileOutcome]:
+        if not self.opts.fallback:
+            raise ClusterError(
+                f"rank {self.me}: {why}; fallback is off (--no-dist-fallback) - run the same "
+                "command again to resume"
+            )
+        log.warning("rank %d: %s; finishing the pull on its own", self.me, why)
+        return self._finalize(plan if plan is not None else self._make_plan(), announce=True)
+
+    # -- a node's other ranks ---------------------------------------------------------
+
+    def _follower(self, plan: ClusterPlan) -> list[FileOutcome]:
+        fetcher = self.layout.fetcher_of(self.me)
+        status = self.coord.wait({fetcher: f"done/{fetcher}"}, finished_is_lost=False)[fetcher]
+        if status is None:
+            self._lose([fetcher], "this node's fetcher")
+            return self._finalize(plan, announce=True, force=False)
+        if not status.get("ok"):
+            raise rebuild_error(status, f"rank {fetcher}, this node's fetcher, failed")
+        state = StateDir(self.target)
+        incomplete = [
+            f.path for f in plan.files if not state.is_complete(f.path, self.target / f.path, f.obj)
+        ]
+        if incomplete and not self.opts.fallback:
+            raise ClusterError(
+                f"rank {fetcher}, this node's fetcher, finished, but {len(incomplete)} file(s) "
+                f"are not complete in {self.target} (first: {incomplete[0]}): ranks of one "
+                "node must share one DEST",
+                ranks=(fetcher,),
+            )
+        if incomplete:
+            log.warning(
+                "rank %d: %d file(s) not complete in %s although rank %d finished (ranks of "
+                "one node should share one DEST); fetching them",
+                self.me,
+                len(incomplete),
+                self.target,
+                fetcher,
+            )
+        return self._finalize(plan, announce=True, force=False)
+
+    # -- fetchers ---------------------------------------------------------------------
+
+    def _fetcher(self, plan: ClusterPlan) -> list[FileOutcome]:
+        members = self.layout.fetchers
+        fetch_failed = False
+        nccl_failed = False
+        for rnd in range(MAX_ROUNDS):
+            self.rounds = rnd + 1
+            state = self._state(plan, fetch_failed=fetch_failed, nccl_failed=nccl_failed)
+            if rnd == 0:
+                self._announce(plan, state)
+            view = self._sync(rnd, members, state)
+            if view is None:
+                return self._alone(plan, "the other fetchers gave up on this rank")
+            gone = [m for m in members if m not in view.members]
+            if gone:
+                self._lose(gone, f"round {rnd}")
+            members = view.members
+            missing = missing_parts(plan, view)
+            log.debug(
+                "rank %d: round %d: members %s, %d parts missing",
+                self.me,
+                rnd,
+                members,
+                len(missing),
+            )
+            if missing:
+                if all(view.states[m].fetch_failed for m in members) and rnd > 0:
+                    break  # no member can fetch: the engine below raises the reason
+                share = assign_missing(missing, view)[self.me]
+                fetch_failed = not self._fetch_share(plan, share)
+                self._test_kill("fetched")
+                continue
+            schedule = plan_transfers(plan, view, self._chunk_size(len(members)))
+            if schedule.steps == 0:
+                break
+            ok, nccl_broke = self._exchange(plan, view, schedule)
+            nccl_failed = nccl_failed or nccl_broke
+            if ok:
+                break
+        return self._finalize(plan, announce=False)
+
+    def _state(self, plan: ClusterPlan, *, fetch_failed: bool, nccl_failed: bool) -> MemberState:
+        return local_state(
+            plan,
+            self.target,
+            self.me,
+            force=self.cfg.force,
+            fetch_failed=fetch_failed,
+            cuda=self._wants_nccl() and cuda_available(),
+            nccl_failed=nccl_failed,
+        )
+
+    def _announce(self, plan: ClusterPlan, state: MemberState) -> None:
+        """Tell observers what this rank will complete, once (rounds are internal)."""
+        for f in plan.shared():
+            if f in state.complete:
+                continue
+            remote = plan.files[f]
+            self.announced.add(remote.path)
+            self.emit(FileQueued(path=remote.path, size=remote.obj.size, parts=len(plan.parts(f))))
+            kept = sum(e - s for p, (s, e) in enumerate(plan.parts(f)) if state.has(f, p))
+            if kept:
+                resumed = FileResumed(path=remote.path, bytes=kept)
+                self.tally(resumed)
+                self.emit(resumed)
+
+    def _sync(self, rnd: int, members: Sequence[int], state: MemberState) -> View | None:
+        """Post this round's state, wait for the other members', agree on who is in."""
+        others = [m for m in members if m != self.me]
+        got = self.coord.gather(f"r{rnd}/state", state.to_json(), others)
+        alive = sorted([self.me, *(m for m, v in got.items() if v is not None)])
+        agreed = [int(m) for m in self.coord.agree(f"r{rnd}/members", alive)]
+        if self.me not in agreed:
+            return None
+        states = {self.me: state}
+        for m in agreed:
+            if m != self.me:
+                # A member this rank gave up on but another saw has posted its state.
+                data = got.get(m) or self.coord.read(f"r{rnd}/state/{m}")
+                states[m] = MemberState.from_json(data)
+        return View(round=rnd, members=tuple(agreed), states=states)
+
+    def _fetch_share(self, plan: ClusterPlan, share: Sequence[PartRef]) -> bool:
+        if not share:
+            return True
+        only: dict[str, set[int]] = {}
+        for ref in share:
+            only.setdefault(plan.files[ref.file].path, set()).add(ref.part)
+        files = [f for f in plan.files if f.path in only]
+        log.info(
+            "rank %d: fetching %d parts (%d bytes) of %d file(s) from the store",
+            self.me,
+            len(share),
+            sum(r.length for r in share),
+            len(files),
+        )
+        engine = Engine(self.backend, self._engine_config(plan), self._internal_emit)
+        try:
+            engine.run(plan.bucket, files, self.target, only=only)
+        except InterruptedPullError:
+            raise
+        except ModelPullError as exc:
+            log.warning("rank %d: fetching its share failed: %s", self.me, exc)
+            return False
+        return True
+
+    def _exchange(self, plan: ClusterPlan, view: View, schedule: Schedule) -> tuple[bool, bool]:
+        """Run one exchange; (succeeded, NCCL failed)."""
+        nccl = self._use_nccl(view)
+        size = len(view.members)
+        chunk = self._chunk_size(size)
+        log.info(
+            "rank %d: exchanging %d bytes among %d fetchers in %d steps (%s)",
+            self.me,
+            schedule.total_bytes,
+            size,
+            schedule.steps,
+            "nccl" if nccl else "gloo",
+        )
+        exchange: Exchange | None = None
+        try:
+            transport = open_transport(
+                self.store,
+                f"{self.coord.prefix}/r{view.round}/exchange",
+                view.members.index(self.me),
+                size,
+                self.opts.timeout,
+                HEADER + chunk,
+                nccl=nccl,
+                device=self.topo.local_rank,
+            )
+            try:
+                exchange = Exchange(
+                    plan,
+                    view,
+                    self.me,
+                    self.target,
+                    self._engine_config(plan),
+                    schedule,
+                    transport,
+                    self.emit,
+                    die_after_first_step=self._kill_point() == "exchange",
+                )
+                began = time.monotonic()
+                exchange.run()
+                log.debug(
+                    "rank %d: exchange done in %.2fs: %d bytes received, %d sent",
+                    self.me,
+                    time.monotonic() - began,
+                    exchange.stats.received,
+                    exchange.stats.sent,
+                )
+            finally:
+                transport.close()
+        except TransportError as exc:
+            log.warning(
+                "rank %d: the exchange of round %d failed (%s); going on without it",
+                self.me,
+                view.round,
+                exc,
+            )
+            return False, nccl
+        finally:
+            if exchange is not None:
+                self.from_peers += exchange.stats.received
+                self.to_peers += exchange.stats.sent
+        return True, False
+
+    def _finalize(
+        self, plan: ClusterPlan, *, announce: bool, force: bool | None = None
+    ) -> list[FileOutcome]:
+        """The engine over the whole plan: verify and place, fetching whatever is missing."""
+        cfg = self._engine_config(plan)
+        if force is not None:
+            cfg = dataclasses.replace(cfg, force=force)
+        emit = self._engine_emit(announce)
+        outcomes = Engine(self.backend, cfg, emit).run(plan.bucket, list(plan.files), self.target)
+        # A file completed by a share fetch is found complete here, yet this pull fetched it.
+        return [
+            dataclasses.replace(o, status="fetched")
+            if o.status == "skipped" and o.path in self.announced
+            else o
+            for o in outcomes
+        ]
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _engine_config(self, plan: ClusterPlan) -> PullConfig:
+        # Part indices only mean the same thing on every node with the same part size.
+        return dataclasses.replace(self.cfg, part_size=plan.part_size)
+
+    def _chunk_size(self, members: int) -> int:
+        wanted = int(self.settings.get("chunk_size", self.opts.chunk_size))
+        cap = EXCHANGE_MEMORY // (2 * (members + 1))
+        return max(MIN_CHUNK_SIZE, min(wanted, cap) // MIN_CHUNK_SIZE * MIN_CHUNK_SIZE)
+
+    def _wants_nccl(self) -> bool:
+        return str(self.settings.get("backend", self.opts.backend)) in ("nccl", "auto")
+
+    def _use_nccl(self, view: View) -> bool:
+        if not self._wants_nccl():
+            return False
+        states = [view.states[m] for m in view.members]
+        usable = all(s.cuda and not s.nccl_failed for s in states)
+        if not usable and self.settings.get("backend") == "nccl":
+            log.warning("rank %d: NCCL is not usable on every fetcher: using gloo", self.me)
+        return usable
+
+    def _internal_emit(self, event: Event) -> None:
+        """Events of a share fetch: counted; file events wait for the finalize."""
+        if isinstance(event, FileQueued | FileResumed | FileSkipped | FileDone):
+            return
+        self.tally(event)
+        self.emit(event)
+
+    def _engine_emit(self, announce: bool) -> Callable[[Event], None]:
+        def emit(event: Event) -> None:
+            if not announce:
+                # Files were announced once already, with what was on disk at the start.
+                if isinstance(event, FileQueued | FileResumed):
+                    return
+                if isinstance(event, FileSkipped) and event.path in self.announced:
+                    event = FileDone(path=event.path, size=event.size, seconds=0.0)
+            self.tally(event)
+            self.emit(event)
+
+        return emit
+
+    def _kill_point(self) -> str | None:
+        spec = self.opts.test_kill
+        if not spec or ":" not in spec:
+            return None
+        rank, point = spec.split(":", 1)
+        return point if rank.strip() == str(self.me) else None
+
+    def _test_kill(self, point: str) -> None:
+        if self._kill_point() == point:
+            log.warning("MODELPULL_DIST_TEST_KILL: rank %d kills itself at %s", self.me, point)
+            os.kill(os.getpid(), signal.SIGKILL)
