@@ -456,6 +456,9 @@ def run_once(
     ``wait4``'s rusage: see its docstring for why the command is not spawned from here.
     """
     measured = logs / f"{arm.name}.json"
+    # Dirty pages left by the upload or by the previous arm would be written back during
+    # this one, on the same 2 cores and disk: flush them first, for every arm alike.
+    os.sync()
     launcher = [sys.executable, "-I", "-S", str(HERE / "_measure.py"), str(measured)]
     stdout = (logs / f"{arm.name}.out").open("wb")
     stderr = (logs / f"{arm.name}.err").open("wb")
