@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +17,6 @@ from modelpull.credentials import Credentials
 from modelpull.engine import Engine, FileOutcome
 from modelpull.errors import DestinationError, ModelPullError
 from modelpull.events import (
-    BytesTransferred,
-    Event,
-    FileResumed,
-    FileVerified,
     Observer,
     PartRetried,
     PullFinished,
@@ -30,6 +24,7 @@ from modelpull.events import (
 )
 from modelpull.plan import RemoteFile, list_remote, select
 from modelpull.retry import RetryPolicy
+from modelpull.tally import Tally, dispatcher
 from modelpull.uri import parse_uri
 
 if TYPE_CHECKING:
@@ -93,48 +88,6 @@ class PullResult:
             ],
             "config": self.config,
         }
-
-
-class _Tally:
-    """Counts what the run report needs; one more observer of the engine."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.resumed = 0
-        self.retries: Counter[str] = Counter()
-        self.verified: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, event: Event) -> None:
-        # Negative counts (a refetched file's discarded bytes) are progress, not traffic.
-        if isinstance(event, BytesTransferred) and event.bytes > 0:
-            with self._lock:
-                self.bytes += event.bytes
-        elif isinstance(event, PartRetried):
-            with self._lock:
-                self.retries[event.reason] += 1
-        elif isinstance(event, FileVerified):
-            with self._lock:
-                self.verified[event.kind] += 1
-        elif isinstance(event, FileResumed):
-            with self._lock:
-                self.resumed += event.bytes
-
-
-def _dispatcher(observers: Sequence[Observer]) -> Callable[[Event], None]:
-    broken: set[int] = set()
-
-    def emit(event: Event) -> None:
-        for index, observer in enumerate(observers):
-            if index in broken:
-                continue
-            try:
-                observer(event)
-            except Exception:
-                broken.add(index)
-                log.exception("observer %r failed and is now ignored", observer)
-
-    return emit
 
 
 def _for_scheme(
@@ -217,8 +170,8 @@ def pull(
             observers=observers,
         )
     started = time.monotonic()
-    tally = _Tally()
-    emit = _dispatcher([tally, *observers])
+    tally = Tally()
+    emit = dispatcher([tally, *observers])
     backend = make_backend(cfg, credentials)
     outcomes: list[FileOutcome] = []
     ok = False

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections import Counter
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,16 +10,8 @@ from modelpull import errors
 from modelpull.api import PullResult
 from modelpull.cluster.errors import ClusterError
 from modelpull.errors import ModelPullError
-from modelpull.events import (
-    BytesTransferred,
-    Event,
-    FileResumed,
-    FileVerified,
-    Observer,
-    PartRetried,
-)
 
-__all__ = ["ClusterPullResult", "Tally", "describe_error", "dispatcher", "rebuild_error"]
+__all__ = ["ClusterPullResult", "describe_error", "rebuild_error"]
 
 log = logging.getLogger("modelpull")
 
@@ -56,49 +45,6 @@ class ClusterPullResult(PullResult):
             "rounds": self.rounds,
         }
         return data
-
-
-class Tally:
-    """What the run report counts, as :func:`modelpull.pull` does; bytes are store egress."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.resumed = 0
-        self.retries: Counter[str] = Counter()
-        self.verified: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, event: Event) -> None:
-        # Negative counts (a refetched file's discarded bytes) are progress, not traffic.
-        if isinstance(event, BytesTransferred) and event.bytes > 0:
-            with self._lock:
-                self.bytes += event.bytes
-        elif isinstance(event, PartRetried):
-            with self._lock:
-                self.retries[event.reason] += 1
-        elif isinstance(event, FileVerified):
-            with self._lock:
-                self.verified[event.kind] += 1
-        elif isinstance(event, FileResumed):
-            with self._lock:
-                self.resumed += event.bytes
-
-
-def dispatcher(observers: Sequence[Observer]) -> Callable[[Event], None]:
-    """One callable for all observers; one that raises is logged once, then ignored."""
-    broken: set[int] = set()
-
-    def emit(event: Event) -> None:
-        for index, observer in enumerate(observers):
-            if index in broken:
-                continue
-            try:
-                observer(event)
-            except Exception:
-                broken.add(index)
-                log.exception("observer %r failed and is now ignored", observer)
-
-    return emit
 
 
 def describe_error(exc: BaseException, rank: int) -> dict[str, Any]:

@@ -56,9 +56,7 @@ from modelpull.cluster.plan import (
 )
 from modelpull.cluster.report import (
     ClusterPullResult,
-    Tally,
     describe_error,
-    dispatcher,
     rebuild_error,
 )
 from modelpull.cluster.topology import Layout, Topology
@@ -87,6 +85,7 @@ from modelpull.events import (
     PullStarted,
 )
 from modelpull.state import StateDir
+from modelpull.tally import Tally, dispatcher
 from modelpull.uri import ObjectURI, parse_uri
 
 __all__ = ["pull_distributed"]
