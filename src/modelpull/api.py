@@ -197,7 +197,6 @@ def pull(
                 bucket=parsed.bucket,
                 files=len(files),
                 bytes=sum(f.obj.size for f in files),
-                skipped=0,
             )
         )
         outcomes = engine.run(parsed.bucket, files, target)

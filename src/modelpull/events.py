@@ -30,13 +30,13 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class PullStarted:
-    """The plan is made: ``files``/``bytes`` to fetch, ``skipped`` already complete."""
+    """The listing is done: ``files``/``bytes`` selected; those already complete follow
+    as :class:`FileSkipped`, those to fetch as :class:`FileQueued`."""
 
     backend: str
     bucket: str
     files: int
     bytes: int
-    skipped: int
 
 
 @dataclass(frozen=True, slots=True)

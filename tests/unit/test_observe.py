@@ -60,7 +60,7 @@ def integrity_error(path: str = "w.bin") -> IntegrityError:
 def a_pull() -> list[Event]:
     """One file fetched in two parts with one retry, one skipped, one failed."""
     return [
-        PullStarted(backend="boto3", bucket="models", files=3, bytes=3000, skipped=0),
+        PullStarted(backend="boto3", bucket="models", files=3, bytes=3000),
         FileSkipped(path="config.json", size=1000),
         FileQueued(path="w.bin", size=2000, parts=2),
         RequestStarted(path="w.bin", method="GET"),

@@ -223,7 +223,6 @@ class _Run:
                     bucket=plan.bucket,
                     files=len(plan.files),
                     bytes=plan.total_bytes,
-                    skipped=0,
                 )
             )
             try:
