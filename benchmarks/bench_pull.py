@@ -256,14 +256,9 @@ def anonymous_rclone(root: Path, scratch: Path) -> Iterator[str]:
         log.close()
 
 
-def upload(endpoint: str, access_key: str, secret_key: str, source: Path) -> None:
-    """PUT each file through the S3 API with a CRC-64/NVME checksum, as AWS S3 stores one
-    for every new object: rclone then publishes it (and its MD5 ETag) on HEAD.
-
-    rclone keeps checksums sent with a PUT in memory only, so the upload is redone for
-    every run of the benchmark (a few seconds) instead of serving files from disk.
-    """
-    client = boto3.client(
+def admin_client(endpoint: str, access_key: str, secret_key: str) -> Any:
+    """The benchmark's own client, for setting up the store (not one of the arms)."""
+    return boto3.client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id=access_key,
@@ -271,6 +266,16 @@ def upload(endpoint: str, access_key: str, secret_key: str, source: Path) -> Non
         region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}),
     )
+
+
+def upload(endpoint: str, access_key: str, secret_key: str, source: Path) -> None:
+    """PUT each file through the S3 API with a CRC-64/NVME checksum, as AWS S3 stores one
+    for every new object: rclone then publishes it (and its MD5 ETag) on HEAD.
+
+    rclone keeps checksums sent with a PUT in memory only, so the upload is redone for
+    every run of the benchmark (a few seconds) instead of serving files from disk.
+    """
+    client = admin_client(endpoint, access_key, secret_key)
     for path in sorted(source.iterdir()):
         with path.open("rb") as body:
             client.put_object(
@@ -280,14 +285,7 @@ def upload(endpoint: str, access_key: str, secret_key: str, source: Path) -> Non
 
 def warm_up(endpoint: str, access_key: str, secret_key: str, anon_endpoint: str | None) -> None:
     """List the model so each rclone computes and caches its MD5 ETags before timing."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    client = admin_client(endpoint, access_key, secret_key)
     client.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX)
     if anon_endpoint is not None:
         # The anonymous server's bucket is the model folder; its own ETag cache is cold.
