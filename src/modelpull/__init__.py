@@ -5,11 +5,9 @@
 """
 
 from modelpull._version import __version__
-from modelpull.api import PullResult, list_objects, pull
-from modelpull.backends.base import ObjectInfo
+from modelpull.api import list_objects, pull
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
-from modelpull.engine import FileOutcome
 from modelpull.errors import (
     AccessDeniedError,
     BackendUnavailableError,
@@ -31,7 +29,8 @@ from modelpull.errors import (
     UnsafePathError,
     UsageError,
 )
-from modelpull.plan import RemoteFile
+from modelpull.objects import ObjectInfo, RemoteFile
+from modelpull.results import FileOutcome, PullResult
 
 __all__ = [
     "AccessDeniedError",

@@ -35,7 +35,7 @@ from typing import Any, NoReturn, TextIO
 from filelock import FileLock
 
 from modelpull import errors
-from modelpull.api import PullResult, list_objects, pull
+from modelpull.api import list_objects, pull
 from modelpull.cli import exit_code
 from modelpull.compat import CompatWarning
 from modelpull.compat.aibrix import (
@@ -50,6 +50,7 @@ from modelpull.engine import StopSignal
 from modelpull.events import Observer
 from modelpull.observe.progress import ProgressDisplay
 from modelpull.plan import select
+from modelpull.results import PullResult
 from modelpull.units import format_size
 from modelpull.uri import parse_uri
 

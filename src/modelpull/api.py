@@ -6,15 +6,14 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from modelpull.backends import make_backend
 from modelpull.compat import tos as tos_compat
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
-from modelpull.engine import Engine, FileOutcome
+from modelpull.engine import Engine
 from modelpull.errors import DestinationError, ModelPullError
 from modelpull.events import (
     Observer,
@@ -22,7 +21,9 @@ from modelpull.events import (
     PullFinished,
     PullStarted,
 )
-from modelpull.plan import RemoteFile, list_remote, select
+from modelpull.objects import RemoteFile
+from modelpull.plan import list_remote, select
+from modelpull.results import FileOutcome, PullResult
 from modelpull.retry import RetryPolicy
 from modelpull.tally import Tally, dispatcher
 from modelpull.uri import parse_uri
@@ -30,64 +31,9 @@ from modelpull.uri import parse_uri
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["PullResult", "list_objects", "pull"]
+__all__ = ["list_objects", "pull"]
 
 log = logging.getLogger("modelpull")
-
-
-@dataclass(frozen=True)
-class PullResult:
-    """What a pull did.
-
-    ``bytes_downloaded`` counts object bytes received from the store, retried and
-    refetched bytes included; ``bytes_resumed`` those kept from an interrupted pull;
-    ``checksums_verified`` the files checked per kind (``size``, ``crc64nvme``, ``md5``...).
-    """
-
-    uri: str
-    dest: str
-    backend: str
-    files_fetched: int
-    files_skipped: int
-    bytes_downloaded: int
-    seconds: float
-    files: tuple[FileOutcome, ...] = ()
-    retries: dict[str, int] = field(default_factory=dict)
-    checksums_verified: dict[str, int] = field(default_factory=dict)
-    bytes_resumed: int = 0
-    config: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def mb_per_s(self) -> float:
-        """Decimal megabytes per second over the whole pull."""
-        return self.bytes_downloaded / self.seconds / 1e6 if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for ``--json``: no credentials, no exceptions objects."""
-        return {
-            "uri": self.uri,
-            "dest": self.dest,
-            "backend": self.backend,
-            "files_fetched": self.files_fetched,
-            "files_skipped": self.files_skipped,
-            "bytes_downloaded": self.bytes_downloaded,
-            "seconds": round(self.seconds, 3),
-            "mb_per_s": round(self.mb_per_s, 1),
-            "bytes_resumed": self.bytes_resumed,
-            "retries": dict(self.retries),
-            "checksums_verified": dict(self.checksums_verified),
-            "files": [
-                {
-                    "path": f.path,
-                    "size": f.size,
-                    "status": f.status,
-                    "seconds": round(f.seconds, 3),
-                    "verified": list(f.verified),
-                }
-                for f in self.files
-            ],
-            "config": self.config,
-        }
 
 
 def _for_scheme(

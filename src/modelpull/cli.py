@@ -20,13 +20,14 @@ from typing import Any, NoReturn
 
 from modelpull import errors
 from modelpull._version import __version__
-from modelpull.api import PullResult, list_objects, pull
+from modelpull.api import list_objects, pull
 from modelpull.compat import tos as tos_compat
 from modelpull.config import PullConfig
 from modelpull.engine import StopSignal
 from modelpull.events import Observer
 from modelpull.observe.logs import LOG_FORMATS, LogObserver, setup_logging
 from modelpull.observe.progress import ProgressDisplay
+from modelpull.results import PullResult
 from modelpull.units import format_size, parse_duration, parse_size
 from modelpull.uri import parse_uri
 

@@ -32,7 +32,6 @@ from filelock import FileLock
 
 from modelpull.backends.base import (
     Backend,
-    ObjectInfo,
     RangeResult,
     WholeFileBackend,
     fetches_whole_files,
@@ -65,13 +64,14 @@ from modelpull.events import (
 from modelpull.files import dest_error, place, preallocate, split_parts
 from modelpull.integrity import Verifier
 from modelpull.journal import Journal
-from modelpull.plan import RemoteFile
+from modelpull.objects import ObjectInfo, RemoteFile
 from modelpull.ratelimit import RateLimiter
+from modelpull.results import FileOutcome
 from modelpull.retry import RetryPolicy
 from modelpull.state import Record, StateDir
 from modelpull.workqueue import WorkQueue
 
-__all__ = ["Engine", "FileOutcome", "StopSignal", "split_parts"]
+__all__ = ["Engine", "StopSignal", "split_parts"]
 
 log = logging.getLogger("modelpull")
 
@@ -81,19 +81,6 @@ FREE_SPACE_MARGIN = 16 << 20
 STOP_GRACE_SECONDS = 1.5
 # Whole-file refetches after the object changed or its bytes failed verification.
 MAX_REFETCHES = 2
-
-
-@dataclass
-class FileOutcome:
-    """How one file ended: ``fetched``, ``skipped``, ``partial`` (see ``only``) or ``failed``."""
-
-    path: str
-    size: int
-    status: str
-    seconds: float = 0.0
-    verified: tuple[str, ...] = ()
-    resumed_bytes: int = 0
-    error: BaseException | None = None
 
 
 @dataclass(eq=False)

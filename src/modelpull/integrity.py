@@ -24,7 +24,6 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
-from modelpull.backends.base import ObjectInfo
 from modelpull.checksums import (
     CRC_KINDS,
     DIGEST_KINDS,
@@ -36,6 +35,7 @@ from modelpull.checksums import (
     verify,
 )
 from modelpull.errors import IntegrityError
+from modelpull.objects import ObjectInfo
 
 __all__ = ["PartHasher", "Verifier"]
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelpull.backends.base import ObjectInfo
+from modelpull.objects import ObjectInfo
 
 __all__ = ["Journal"]
 

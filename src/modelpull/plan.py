@@ -10,22 +10,14 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-from modelpull.backends.base import Backend, ObjectInfo
+from modelpull.backends.base import Backend
 from modelpull.errors import DestinationError, ObjectNotFoundError, UnsafePathError
+from modelpull.objects import RemoteFile
 from modelpull.state import STATE_DIR
 from modelpull.uri import ObjectURI
 
-__all__ = ["RemoteFile", "list_remote", "matches", "safe_relpath", "select"]
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteFile:
-    """One object to pull and the POSIX path, relative to DEST, it lands at."""
-
-    obj: ObjectInfo
-    path: str
+__all__ = ["list_remote", "matches", "safe_relpath", "select"]
 
 
 def safe_relpath(key: str, prefix: str) -> str:

@@ -19,7 +19,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from modelpull.backends.base import ObjectInfo
+from modelpull.objects import ObjectInfo
 
 __all__ = ["STATE_DIR", "Record", "StateDir"]
 

@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 
-from modelpull.backends.base import ObjectInfo
 from modelpull.cluster.coord import Coordinator
 from modelpull.cluster.options import ClusterOptions
 from modelpull.cluster.plan import (
@@ -51,7 +50,7 @@ from modelpull.events import (
     PullFinished,
     PullStarted,
 )
-from modelpull.plan import RemoteFile
+from modelpull.objects import ObjectInfo, RemoteFile
 from tests.faults.proxy import FaultProxy, Rule, delay, flip_byte
 from tests.helpers import S3Store
 

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from modelpull.api import PullResult
 from modelpull.api import pull as real_pull
 from modelpull.credentials import Credentials
 from modelpull.demo import run as demo_run
 from modelpull.demo import run_demo
 from modelpull.demo.rclone import RcloneS3Server, find_rclone
 from modelpull.errors import BackendUnavailableError, EndpointError
+from modelpull.results import PullResult
 from tests.helpers import ISOLATED_PREFIXES, S3Store
 
 SMALL_SHARDS = (256 * 1024, 128 * 1024)

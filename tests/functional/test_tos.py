@@ -47,7 +47,6 @@ import pytest
 import tos
 
 import modelpull
-from modelpull.backends.base import ObjectInfo
 from modelpull.backends.boto3 import Boto3Backend
 from modelpull.backends.tos_sdk import TosSdkBackend
 from modelpull.checksums import CRC_KINDS
@@ -57,6 +56,7 @@ from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.demo.rclone import RcloneS3Server, find_rclone
 from modelpull.events import BytesTransferred, Event, FileVerified
+from modelpull.objects import ObjectInfo
 from tests.faults.proxy import FaultProxy, Rule, delay, set_headers, status
 from tests.helpers import S3Store
 

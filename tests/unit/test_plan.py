@@ -1,8 +1,8 @@
 import pytest
 
-from modelpull.backends.base import ObjectInfo
 from modelpull.errors import DestinationError, UnsafePathError
-from modelpull.plan import RemoteFile, _check_conflicts, safe_relpath, select
+from modelpull.objects import ObjectInfo, RemoteFile
+from modelpull.plan import _check_conflicts, safe_relpath, select
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from modelpull.backends.base import Backend, ChunkSink, ObjectInfo, RangeResult
+from modelpull.backends.base import Backend, ChunkSink, RangeResult
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import UsageError
 
-__all__ = ["Backend", "ChunkSink", "ObjectInfo", "RangeResult", "make_backend"]
+__all__ = ["Backend", "ChunkSink", "RangeResult", "make_backend"]
 
 BACKENDS = ("boto3", "tos-sdk")
 

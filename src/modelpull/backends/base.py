@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeGuard
 
+from modelpull.objects import ObjectInfo
+
 __all__ = [
     "Backend",
     "ChunkSink",
-    "ObjectInfo",
     "ProgressSink",
     "RangeResult",
     "WholeFileBackend",
@@ -25,23 +26,6 @@ __all__ = [
 ChunkSink = Callable[[memoryview], None]
 # Receives the byte count of each piece a whole-file fetch wrote; it may raise to stop it.
 ProgressSink = Callable[[int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """An object as the store lists or heads it.
-
-    ``etag`` is without quotes. ``checksums`` maps a kind (``crc64ecma``, ``crc64nvme``,
-    ``crc32c``, ``crc32``, ``sha256``) to the value as the store published it (base64
-    for S3 additional checksums, decimal text for TOS's CRC-64); ``checksum_type`` is
-    S3's ``FULL_OBJECT`` or ``COMPOSITE`` when known.
-    """
-
-    key: str
-    size: int
-    etag: str
-    checksums: Mapping[str, str] = field(default_factory=dict)
-    checksum_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import botocore.session
 import urllib3.exceptions as uexc
 from botocore.config import Config
 
-from modelpull.backends.base import ChunkSink, ObjectInfo, RangeResult
+from modelpull.backends.base import ChunkSink, RangeResult
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import (
@@ -35,6 +35,7 @@ from modelpull.errors import (
     TransientStoreError,
     UsageError,
 )
+from modelpull.objects import ObjectInfo
 from modelpull.uri import normalize_endpoint
 
 __all__ = ["Boto3Backend", "translate"]

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import boto3
 import urllib3.exceptions as uexc
 
-from modelpull.backends.base import ChunkSink, ObjectInfo, RangeResult
+from modelpull.backends.base import ChunkSink, RangeResult
 from modelpull.compat.tos import region_from_endpoint, to_native_endpoint
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
@@ -50,6 +50,7 @@ from modelpull.errors import (
     TransientStoreError,
     UsageError,
 )
+from modelpull.objects import ObjectInfo
 
 try:
     import requests.exceptions as rexc

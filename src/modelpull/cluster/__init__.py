@@ -8,7 +8,7 @@ reported by the pull, as :class:`~modelpull.errors.BackendUnavailableError`.
 
 from modelpull.cluster.errors import ClusterError
 from modelpull.cluster.options import ClusterOptions
-from modelpull.cluster.report import ClusterPullResult
 from modelpull.cluster.run import pull_distributed
+from modelpull.results import ClusterPullResult
 
 __all__ = ["ClusterError", "ClusterOptions", "ClusterPullResult", "pull_distributed"]

@@ -37,7 +37,7 @@ from modelpull.events import BytesTransferred, Event
 from modelpull.files import preallocate
 from modelpull.integrity import PartHasher, Verifier
 from modelpull.journal import Journal
-from modelpull.plan import RemoteFile
+from modelpull.objects import RemoteFile
 from modelpull.state import StateDir
 
 __all__ = ["Exchange", "ExchangeStats"]

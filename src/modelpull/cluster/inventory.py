@@ -11,7 +11,8 @@ from modelpull.cluster.plan import ClusterPlan, MemberState
 from modelpull.config import PullConfig
 from modelpull.errors import ModelPullError
 from modelpull.journal import Journal
-from modelpull.plan import RemoteFile, list_remote, select
+from modelpull.objects import RemoteFile
+from modelpull.plan import list_remote, select
 from modelpull.retry import RetryPolicy
 from modelpull.state import StateDir
 from modelpull.uri import ObjectURI

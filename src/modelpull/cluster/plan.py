@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from modelpull.backends.base import ObjectInfo
 from modelpull.files import split_parts
-from modelpull.plan import RemoteFile
+from modelpull.objects import ObjectInfo, RemoteFile
 
 __all__ = [
     "Chunk",

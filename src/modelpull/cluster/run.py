@@ -54,11 +54,7 @@ from modelpull.cluster.plan import (
     missing_parts,
     plan_transfers,
 )
-from modelpull.cluster.report import (
-    ClusterPullResult,
-    describe_error,
-    rebuild_error,
-)
+from modelpull.cluster.report import describe_error, rebuild_error
 from modelpull.cluster.topology import Layout, Topology
 from modelpull.cluster.transport import (
     HEADER,
@@ -71,7 +67,7 @@ from modelpull.cluster.transport import (
 from modelpull.compat import tos as tos_compat
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
-from modelpull.engine import Engine, FileOutcome
+from modelpull.engine import Engine
 from modelpull.errors import DestinationError, InterruptedPullError, ModelPullError
 from modelpull.events import (
     Event,
@@ -84,6 +80,7 @@ from modelpull.events import (
     PullFinished,
     PullStarted,
 )
+from modelpull.results import ClusterPullResult, FileOutcome
 from modelpull.state import StateDir
 from modelpull.tally import Tally, dispatcher
 from modelpull.uri import ObjectURI, parse_uri
