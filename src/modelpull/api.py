@@ -14,17 +14,16 @@ from modelpull.compat import tos as tos_compat
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.engine import Engine
-from modelpull.errors import DestinationError, ModelPullError
+from modelpull.errors import DestinationError
 from modelpull.events import (
     Observer,
-    PartRetried,
     PullFinished,
     PullStarted,
 )
 from modelpull.objects import RemoteFile
 from modelpull.plan import list_remote, select
 from modelpull.results import FileOutcome, PullResult
-from modelpull.retry import RetryPolicy
+from modelpull.retry import RetryPolicy, retry_events
 from modelpull.tally import Tally, dispatcher
 from modelpull.uri import parse_uri
 
@@ -122,13 +121,8 @@ def pull(
     outcomes: list[FileOutcome] = []
     ok = False
     try:
-        policy = RetryPolicy(max_attempts=cfg.max_attempts, deadline=cfg.deadline)
-
-        def on_retry(exc: ModelPullError, attempt: int, delay: float) -> None:
-            reason = getattr(exc, "reason", None) or "error"
-            emit(PartRetried(path="", reason=reason, attempt=attempt, delay=delay))
-
-        listed = policy.call(lambda: list_remote(backend, parsed), on_retry)
+        policy = RetryPolicy.from_config(cfg)
+        listed = policy.call(lambda: list_remote(backend, parsed), on_retry=retry_events(emit))
         files = select(listed, include, exclude)
         try:
             target.mkdir(parents=True, exist_ok=True)
@@ -136,7 +130,7 @@ def pull(
             raise DestinationError(
                 f"cannot create {target}: {exc.strerror or exc}", errno=exc.errno
             ) from exc
-        engine = Engine(backend, cfg, emit)
+        engine = Engine(backend, cfg, emit, retry=policy)
         emit(
             PullStarted(
                 backend=backend.name,

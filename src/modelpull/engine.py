@@ -30,12 +30,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from modelpull.backends.base import (
-    Backend,
-    RangeResult,
-    WholeFileBackend,
-    fetches_whole_files,
-)
+from modelpull.backends.base import Backend, RangeResult
 from modelpull.config import PullConfig
 from modelpull.errors import (
     DiskFullError,
@@ -43,10 +38,8 @@ from modelpull.errors import (
     InterruptedPullError,
     ModelPullError,
     ObjectChangedError,
-    RetriesExhaustedError,
     StoreError,
     UnsafePathError,
-    UsageError,
 )
 from modelpull.events import (
     BytesTransferred,
@@ -67,7 +60,7 @@ from modelpull.journal import Journal
 from modelpull.objects import ObjectInfo, RemoteFile
 from modelpull.ratelimit import RateLimiter
 from modelpull.results import FileOutcome
-from modelpull.retry import RetryPolicy
+from modelpull.retry import RetryPolicy, retry_events
 from modelpull.state import Record, StateDir
 from modelpull.workqueue import WorkQueue
 
@@ -119,17 +112,22 @@ _Item = tuple[_Job, int, int]  # job, generation, part index
 class Engine:
     """Runs one pull of already-listed files into DEST."""
 
-    def __init__(self, backend: Backend, config: PullConfig, emit: Callable[[Event], None]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: PullConfig,
+        emit: Callable[[Event], None],
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self._backend = backend
         self._config = config
         self._emit = emit
         self._stop = threading.Event()  # set on interruption or the first permanent failure
         self._error: BaseException | None = None
         self._error_lock = threading.Lock()
-        self._retry = RetryPolicy(max_attempts=config.max_attempts, deadline=config.deadline)
+        self._retry = retry if retry is not None else RetryPolicy.from_config(config)
         self._limiter = RateLimiter(config.max_bandwidth) if config.max_bandwidth else None
-        # A backend that downloads whole files (the TOS SDK) parallelises inside each file.
-        self._whole: WholeFileBackend | None = backend if fetches_whole_files(backend) else None
         self._queue = WorkQueue[_Item](0)
 
     # -- planning ---------------------------------------------------------------------
@@ -149,8 +147,6 @@ class Engine:
         file is left ``partial`` for another run (or another source of the other parts,
         as the cluster pull is) to complete. Files not in ``only`` are left alone.
         """
-        if only is not None and self._whole is not None:
-            raise UsageError(f"the {self._backend.name} backend cannot fetch parts of files")
         self._bucket = bucket
         self._dest = dest
         self._dest_real = dest.resolve()
@@ -189,8 +185,6 @@ class Engine:
         return outcomes
 
     def _split(self, size: int) -> list[tuple[int, int]]:
-        if self._whole is not None:
-            return [(0, size)]
         return split_parts(size, self._config.part_size)
 
     def _check_free_space(self, jobs: Sequence[_Job]) -> None:
@@ -215,8 +209,7 @@ class Engine:
         total_parts = sum(len(job.parts) for job in jobs)
         workers = [
             threading.Thread(target=self._worker, name=f"modelpull-{i}", daemon=True)
-            # A whole-file backend runs `concurrency` requests inside one file at a time.
-            for i in range(1 if self._whole else min(self._config.concurrency, total_parts))
+            for i in range(min(self._config.concurrency, total_parts))
         ]
         for thread in workers:
             thread.start()
@@ -311,8 +304,7 @@ class Engine:
         try:
             flags = os.O_RDWR | os.O_CREAT | (0 if journal else os.O_TRUNC)
             job.fd = os.open(job.temp, flags, 0o644)
-            # A whole-file backend replaces the temp file: reserving its space is wasted.
-            if journal is None and self._whole is None:
+            if journal is None:
                 preallocate(job.fd, job.obj.size)
         except OSError as exc:
             raise dest_error(exc, job.temp) from exc
@@ -329,8 +321,6 @@ class Engine:
         self._check_complete(job)
 
     def _fetch(self, job: _Job, index: int, buffer: memoryview) -> dict[str, int]:
-        if self._whole is not None:
-            return self._fetch_whole(job, self._whole, buffer)
         fd = job.fd
         verifier = job.verifier
         assert fd is not None and verifier is not None
@@ -371,15 +361,14 @@ class Engine:
     def _attempts(
         self, job: _Job, request: Callable[[], RangeResult], received: Callable[[], int]
     ) -> RangeResult:
-        """``request()`` under the retry policy, reported as request events.
+        """``request()`` under the retry policy, each attempt reported as request events.
 
         ``received()`` tells how far the transfer got: bytes written by a failed attempt
         stay, and the next attempt resumes from there.
         """
         emit, path = self._emit, job.path
-        attempt = 0
-        while True:
-            attempt += 1
+
+        def attempt() -> RangeResult:
             emit(RequestStarted(path=path, method="GET"))
             began, before = time.monotonic(), received()
             try:
@@ -387,85 +376,23 @@ class Engine:
             except BaseException as exc:
                 seconds, done = time.monotonic() - began, received() - before
                 emit(RequestFinished(path, "GET", _status_of(exc), None, seconds, done))
-                if isinstance(exc, ObjectChangedError) or not isinstance(exc, StoreError):
-                    raise
-                delay = self._retry.delay(attempt, exc)
-                if delay is None:
-                    raise self._gave_up(exc, job, attempt) from exc
-                reason = exc.reason or "error"
-                emit(PartRetried(path=path, reason=reason, attempt=attempt, delay=delay))
-                if self._stop.wait(delay):
-                    raise _Stopped from None
-                continue
+                raise
             seconds, done = time.monotonic() - began, received() - before
             status, ttfb = str(result.status), result.first_byte_seconds
             emit(RequestFinished(path, "GET", status, ttfb, seconds, done))
             return result
 
-    def _fetch_whole(
-        self, job: _Job, backend: WholeFileBackend, buffer: memoryview
-    ) -> dict[str, int]:
-        """All of a file through a backend that downloads whole files into the temp path.
-
-        The backend replaces the temp file, so the descriptor is reopened on what it left,
-        and the bytes are read back once (from the page cache) for the CRCs to verify.
-        Bytes a failed attempt reported stay counted, as retried bytes do for ranges.
-        """
-        verifier = job.verifier
-        assert job.fd is not None and verifier is not None
-        emit, stop, limiter, path = self._emit, self._stop, self._limiter, job.path
-        reported = 0
-
-        def progress(n: int) -> None:
-            nonlocal reported
-            if stop.is_set():
-                raise _Stopped
-            if limiter is not None:
-                limiter.take(n, stop)
-            reported += n
-            emit(BytesTransferred(path=path, bytes=n))
-
-        self._attempts(
-            job,
-            lambda: backend.fetch_file(job.obj, self._bucket, job.temp, progress),
-            lambda: reported,
-        )
         try:
-            os.close(job.fd)
-            job.fd = None
-            job.fd = os.open(job.temp, os.O_RDWR)
-        except OSError as exc:
-            raise dest_error(exc, job.temp) from exc
-        hasher = verifier.part_hasher()
-        offset = 0
-        while offset < job.obj.size:
-            n = os.preadv(job.fd, [buffer], offset)
-            if n == 0:
-                break  # short: the verifier reports the size
-            hasher.update(buffer[:n])
-            offset += n
-        verifier.part_done(0, 0, job.obj.size, job.fd)
-        return hasher.values()
-
-    def _gave_up(self, exc: StoreError, job: _Job, attempt: int) -> StoreError:
-        if attempt == 1 or exc.reason is None:
-            return exc
-        return RetriesExhaustedError(
-            f"{job.path}: gave up after {attempt} attempts: {exc}",
-            bucket=self._bucket,
-            key=job.obj.key,
-            status=exc.status,
-            code=exc.code,
-            request_id=exc.request_id,
-            reason=exc.reason,
-        )
+            return self._retry.call(
+                attempt, what=path, on_retry=retry_events(emit, path), stop=self._stop
+            )
+        except ModelPullError:
+            if self._stop.is_set():
+                raise _Stopped from None
+            raise
 
     def _call(self, fn: Callable[[], ObjectInfo]) -> ObjectInfo:
         """A metadata request under the same retry policy as the parts."""
-
-        def on_retry(exc: ModelPullError, attempt: int, delay: float) -> None:
-            reason = getattr(exc, "reason", None) or "error"
-            self._emit(PartRetried(path="", reason=reason, attempt=attempt, delay=delay))
 
         def head() -> ObjectInfo:
             self._emit(RequestStarted(path="", method="HEAD"))
@@ -480,7 +407,7 @@ class Engine:
             self._emit(RequestFinished("", "HEAD", "200", seconds, seconds, 0))
             return info
 
-        return self._retry.call(head, on_retry, self._stop)
+        return self._retry.call(head, on_retry=retry_events(self._emit), stop=self._stop)
 
     def _end_part(
         self, job: _Job, generation: int, index: int, crcs: dict[str, int] | None
@@ -611,8 +538,7 @@ class Engine:
         job.journal = Journal(job.journal.path, fresh.etag, fresh.size, self._config.part_size)
         try:
             os.ftruncate(job.fd, 0)
-            if self._whole is None:
-                preallocate(job.fd, fresh.size)
+            preallocate(job.fd, fresh.size)
         except OSError as exc:
             raise dest_error(exc, job.temp) from exc
         job.state = "active"

@@ -1,5 +1,6 @@
-"""When and how long to wait before retrying a request: exponential backoff, full jitter.
+"""The one retry loop: exponential backoff with full jitter, a budget and a deadline.
 
+Every request to the store (listing, HEAD, ranged GET) runs through :meth:`RetryPolicy.call`.
 Full jitter (a uniform delay between zero and the exponential cap) spreads the retries
 of many parts that failed together, which matters when a store answers 503 SlowDown to
 all of them at once. A server's ``Retry-After`` is a floor, not a suggestion.
@@ -12,13 +13,25 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from modelpull.errors import EndpointError, ModelPullError, TransientStoreError
+from modelpull.errors import (
+    EndpointError,
+    ModelPullError,
+    RetriesExhaustedError,
+    StoreError,
+    TransientStoreError,
+)
+from modelpull.events import Event, PartRetried
 
-__all__ = ["RetryPolicy", "is_retryable"]
+if TYPE_CHECKING:
+    from modelpull.config import PullConfig
+
+__all__ = ["OnRetry", "RetryPolicy", "is_retryable", "retry_events"]
 
 T = TypeVar("T")
+# (the error, the attempt that failed, seconds before the next one)
+OnRetry = Callable[[ModelPullError, int, float], None]
 
 BASE_DELAY = 0.1
 MAX_DELAY = 10.0
@@ -31,9 +44,22 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, EndpointError) and exc.reason != "tls"
 
 
+def retry_events(emit: Callable[[Event], None], path: str = "") -> OnRetry:
+    """An ``on_retry`` that reports each retry as a :class:`PartRetried` event."""
+
+    def on_retry(exc: ModelPullError, attempt: int, delay: float) -> None:
+        reason = getattr(exc, "reason", None) or "error"
+        emit(PartRetried(path=path, reason=reason, attempt=attempt, delay=delay))
+
+    return on_retry
+
+
 @dataclass
 class RetryPolicy:
-    """Attempts per request (first included) and an optional deadline for the whole pull."""
+    """Attempts per request (first included) and an optional deadline for the whole pull.
+
+    One policy serves a whole pull, so its deadline counts from the pull's start.
+    """
 
     max_attempts: int
     deadline: float | None = None
@@ -41,6 +67,11 @@ class RetryPolicy:
     max_delay: float = MAX_DELAY
     started: float = field(default_factory=time.monotonic)
     rng: random.Random = field(default_factory=random.Random)
+
+    @classmethod
+    def from_config(cls, config: PullConfig) -> RetryPolicy:
+        """The policy ``config`` asks for, its deadline starting now."""
+        return cls(max_attempts=config.max_attempts, deadline=config.deadline)
 
     def delay(self, attempt: int, exc: ModelPullError) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up."""
@@ -58,12 +89,17 @@ class RetryPolicy:
     def call(
         self,
         fn: Callable[[], T],
-        on_retry: Callable[[ModelPullError, int, float], None],
+        *,
+        what: str = "",
+        on_retry: OnRetry | None = None,
         stop: threading.Event | None = None,
     ) -> T:
         """``fn()``, retried under this policy; ``on_retry(exc, attempt, delay)`` before each wait.
 
-        A ``stop`` event set during a wait re-raises the last error at once.
+        Errors that are not retryable propagate at once. A retryable error that outlives
+        the budget or the deadline after more than one attempt becomes
+        :class:`~modelpull.errors.RetriesExhaustedError` (``what`` names the request in
+        its message). A ``stop`` event set during a wait re-raises the last error at once.
         """
         attempt = 0
         while True:
@@ -73,9 +109,25 @@ class RetryPolicy:
             except ModelPullError as exc:
                 delay = self.delay(attempt, exc)
                 if delay is None:
+                    if attempt > 1 and isinstance(exc, StoreError) and is_retryable(exc):
+                        raise _exhausted(exc, attempt, what) from exc
                     raise
-                on_retry(exc, attempt, delay)
-                if stop is not None and stop.wait(delay):
-                    raise
+                if on_retry is not None:
+                    on_retry(exc, attempt, delay)
                 if stop is None:
                     time.sleep(delay)
+                elif stop.wait(delay):
+                    raise
+
+
+def _exhausted(exc: StoreError, attempt: int, what: str) -> RetriesExhaustedError:
+    prefix = f"{what}: " if what else ""
+    return RetriesExhaustedError(
+        f"{prefix}gave up after {attempt} attempts: {exc}",
+        bucket=exc.bucket,
+        key=exc.key,
+        status=exc.status,
+        code=exc.code,
+        request_id=exc.request_id,
+        reason=exc.reason,
+    )

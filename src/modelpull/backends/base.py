@@ -8,24 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol, TypeGuard
+from typing import Protocol
 
 from modelpull.objects import ObjectInfo
 
 __all__ = [
     "Backend",
     "ChunkSink",
-    "ProgressSink",
     "RangeResult",
-    "WholeFileBackend",
-    "fetches_whole_files",
 ]
 
 # Receives each piece of a range in order; the view is only valid during the call.
 ChunkSink = Callable[[memoryview], None]
-# Receives the byte count of each piece a whole-file fetch wrote; it may raise to stop it.
-ProgressSink = Callable[[int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,29 +66,3 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
-
-
-class WholeFileBackend(Backend, Protocol):
-    """A backend that can also download a whole file itself, with its own parts and threads.
-
-    The TOS SDK's ``download_file`` is one. The engine keeps the skip logic, locks, temp
-    file and rename, verification and records, and hands the backend only the transfer:
-    one file at a time, whole, instead of ranges. A backend opts in with
-    ``whole_file = True``.
-    """
-
-    whole_file: bool
-
-    def fetch_file(
-        self, obj: ObjectInfo, bucket: str, path: Path, progress: ProgressSink
-    ) -> RangeResult:
-        """All of ``obj`` into ``path`` (created or replaced), each piece's size to ``progress``.
-
-        What ``progress`` raises propagates unchanged; store errors are modelpull's.
-        """
-        ...
-
-
-def fetches_whole_files(backend: Backend) -> TypeGuard[WholeFileBackend]:
-    """True when ``backend`` asks for whole files: a capability it declares, not its identity."""
-    return getattr(backend, "whole_file", False) is True

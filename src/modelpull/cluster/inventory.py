@@ -33,13 +33,13 @@ def make_plan(
     A listing lacks the checksums a HEAD gives, and every node must compute the same CRC
     kinds over the parts it receives, so the plan carries them.
     """
-    policy = RetryPolicy(max_attempts=config.max_attempts, deadline=config.deadline)
-    listed = policy.call(lambda: list_remote(backend, uri), on_retry)
+    policy = RetryPolicy.from_config(config)
+    listed = policy.call(lambda: list_remote(backend, uri), on_retry=on_retry)
     files = select(listed, include, exclude)
     if config.verify != "off" and files:
 
         def head(f: RemoteFile) -> RemoteFile:
-            fresh = policy.call(lambda: backend.head(uri.bucket, f.obj.key), on_retry)
+            fresh = policy.call(lambda: backend.head(uri.bucket, f.obj.key), on_retry=on_retry)
             return RemoteFile(obj=fresh, path=f.path)
 
         workers = max(1, min(config.concurrency, len(files)))

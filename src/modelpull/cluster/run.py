@@ -76,11 +76,11 @@ from modelpull.events import (
     FileResumed,
     FileSkipped,
     Observer,
-    PartRetried,
     PullFinished,
     PullStarted,
 )
 from modelpull.results import ClusterPullResult, FileOutcome
+from modelpull.retry import retry_events
 from modelpull.state import StateDir
 from modelpull.tally import Tally, dispatcher
 from modelpull.uri import ObjectURI, parse_uri
@@ -347,12 +347,7 @@ class _Run:
         return ClusterPlan.from_json(got["plan"])
 
     def _make_plan(self) -> ClusterPlan:
-        def on_retry(exc: ModelPullError, attempt: int, delay: float) -> None:
-            reason = getattr(exc, "reason", None) or "error"
-            retried = PartRetried(path="", reason=reason, attempt=attempt, delay=delay)
-            self.tally(retried)
-            self.emit(retried)
-
+        on_retry = retry_events(dispatcher([self.tally, self.emit]))
         return make_plan(self.backend, self.parsed, self.include, self.exclude, self.cfg, on_retry)
 
     # -- losing peers -----------------------------------------------------------------
