@@ -1,16 +1,16 @@
 """The scheduler: every part of every file shares one pool of ``concurrency`` workers.
 
 Each worker owns one buffer of ``io_chunk_size`` bytes, reads a ranged GET into it and
-writes each piece at its offset (``os.pwrite``) into the file's preallocated temp file,
-so no single writer thread carries every byte and memory stays
-``concurrency x io_chunk_size`` whatever the model's size. CRCs are computed per part
-by the worker that holds the bytes, then combined. A file is renamed into place only
-when all its parts are written and verified: a final name never holds a partial or
-unverified file. The engine reports what happens as events (:mod:`modelpull.events`);
-it never draws progress or counts metrics itself.
+writes each piece at its offset into the file's preallocated temp file, so no single
+writer thread carries every byte and memory stays ``concurrency x io_chunk_size``
+whatever the model's size. CRCs are computed per part by the worker that holds the
+bytes, then combined. What happens to a file on disk (lock, temp file, journal,
+verification, rename) is :class:`~modelpull.partfile.PartFile`'s; the engine decides
+which part runs when, retries requests, and refetches what failed. It reports what
+happens as events (:mod:`modelpull.events`); it never draws progress or counts metrics.
 
-A file's life: pending -> active (locked, temp file open, maybe resumed from its
-journal) -> done, or -> restarting (its object changed, or its bytes failed
+A file's life in the scheduler: pending -> active (locked, temp file open, maybe resumed
+from its journal) -> done, or -> restarting (its object changed, or its bytes failed
 verification: refetched from scratch, a bounded number of times) -> active again.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import shutil
 import signal
 import threading
@@ -27,8 +26,6 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from filelock import FileLock
 
 from modelpull.backends.base import Backend, RangeResult
 from modelpull.config import PullConfig
@@ -54,17 +51,16 @@ from modelpull.events import (
     RequestFinished,
     RequestStarted,
 )
-from modelpull.files import dest_error, place, preallocate, split_parts
-from modelpull.integrity import Verifier
-from modelpull.journal import Journal
+from modelpull.files import dest_error
 from modelpull.objects import ObjectInfo, RemoteFile
+from modelpull.partfile import PartFile
 from modelpull.ratelimit import RateLimiter
 from modelpull.results import FileOutcome
 from modelpull.retry import RetryPolicy, retry_events
-from modelpull.state import Record, StateDir
+from modelpull.state import StateDir
 from modelpull.workqueue import WorkQueue
 
-__all__ = ["Engine", "StopSignal", "split_parts"]
+__all__ = ["Engine", "StopSignal"]
 
 log = logging.getLogger("modelpull")
 
@@ -78,32 +74,25 @@ MAX_REFETCHES = 2
 
 @dataclass(eq=False)
 class _Job:
-    remote: RemoteFile
-    final: Path
-    temp: Path
-    state: str = "pending"  # pending, active, restarting, done, partial, failed, reused
+    """The scheduler's view of one file; its bytes on disk are :attr:`file`'s."""
+
+    file: PartFile
+    # pending, active, restarting, done, partial, failed, reused; broken: failed to open
+    state: str = "pending"
     generation: int = 0
-    parts: list[tuple[int, int]] = field(default_factory=list)
     wanted: set[int] | None = None  # None: every part
-    journal: Journal | None = None
-    verifier: Verifier | None = None
     inflight: int = 0
     refetches: int = 0
-    written: int = 0
-    fd: int | None = None
-    lock: FileLock | None = None
-    started: float = 0.0
-    resumed_bytes: int = 0
     outcome: FileOutcome | None = None
     mutex: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def path(self) -> str:
-        return self.remote.path
+        return self.file.path
 
     @property
     def obj(self) -> ObjectInfo:
-        return self.remote.obj
+        return self.file.obj
 
 
 _Item = tuple[_Job, int, int]  # job, generation, part index
@@ -149,26 +138,23 @@ class Engine:
         """
         self._bucket = bucket
         self._dest = dest
-        self._dest_real = dest.resolve()
         self._state = StateDir(dest)
         try:
             self._state.create()
         except OSError as exc:
             raise dest_error(exc, dest) from exc
-        if not self._state.root.resolve().is_relative_to(self._dest_real):
+        if not self._state.root.resolve().is_relative_to(self._state.dest_real):
             raise UnsafePathError(f"{self._state.root} leads outside DEST", key="")
         outcomes: list[FileOutcome] = []
         jobs: list[_Job] = []
         for remote in files:
             if only is not None and remote.path not in only:
                 continue
-            final = dest / remote.path
-            if not self._config.force and self._state.is_complete(remote.path, final, remote.obj):
+            job = _Job(file=PartFile(self._state, remote, self._config))
+            if not self._config.force and job.file.is_complete():
                 self._emit(FileSkipped(path=remote.path, size=remote.obj.size))
                 outcomes.append(FileOutcome(remote.path, remote.obj.size, "skipped"))
                 continue
-            job = _Job(remote=remote, final=final, temp=self._state.temp_path(remote.path))
-            job.parts = self._split(remote.obj.size)
             if only is not None:
                 job.wanted = set(only[remote.path])
             jobs.append(job)
@@ -177,15 +163,13 @@ class Engine:
         jobs.sort(key=lambda j: (j.obj.size, j.path))
         self._queue = WorkQueue[_Item](len(jobs))
         for job in jobs:
-            self._emit(FileQueued(path=job.path, size=job.obj.size, parts=len(job.parts)))
-            wanted = range(len(job.parts)) if job.wanted is None else sorted(job.wanted)
+            parts = len(job.file.parts)
+            self._emit(FileQueued(path=job.path, size=job.obj.size, parts=parts))
+            wanted = range(parts) if job.wanted is None else sorted(job.wanted)
             self._queue.put([(job, 0, i) for i in wanted])
         self._work(jobs)
         outcomes.extend(job.outcome for job in jobs if job.outcome is not None)
         return outcomes
-
-    def _split(self, size: int) -> list[tuple[int, int]]:
-        return split_parts(size, self._config.part_size)
 
     def _check_free_space(self, jobs: Sequence[_Job]) -> None:
         needed = sum(job.obj.size for job in jobs)
@@ -195,7 +179,7 @@ class Engine:
         # Temp files kept from an interrupted pull already hold their space.
         for job in jobs:
             with contextlib.suppress(OSError):
-                needed -= min(job.temp.stat().st_blocks * 512, job.obj.size)
+                needed -= min(job.file.temp.stat().st_blocks * 512, job.obj.size)
         if free < needed + FREE_SPACE_MARGIN:
             raise DiskFullError(
                 f"not enough free space in {self._dest}: {needed} bytes to fetch, "
@@ -206,7 +190,7 @@ class Engine:
     # -- workers ----------------------------------------------------------------------
 
     def _work(self, jobs: Sequence[_Job]) -> None:
-        total_parts = sum(len(job.parts) for job in jobs)
+        total_parts = sum(len(job.file.parts) for job in jobs)
         workers = [
             threading.Thread(target=self._worker, name=f"modelpull-{i}", daemon=True)
             for i in range(min(self._config.concurrency, total_parts))
@@ -259,10 +243,17 @@ class Engine:
     def _begin_part(self, job: _Job, generation: int, index: int) -> bool:
         with job.mutex:
             if job.state == "pending":
-                self._open(job)
+                try:
+                    self._open(job)
+                except BaseException:
+                    # No other worker may open it again (and wait forever on the lock
+                    # this thread took): the failure ends the file.
+                    job.state = "broken"
+                    job.file.release()
+                    raise
             if job.state != "active" or generation != job.generation:
                 return False
-            if job.journal is not None and index in job.journal.done:
+            if index in job.file.done:
                 self._check_complete(job)
                 return False
             job.inflight += 1
@@ -270,14 +261,14 @@ class Engine:
 
     def _open(self, job: _Job) -> None:
         """Lock the file, check nobody completed it meanwhile, open or resume its temp file."""
-        job.lock = FileLock(self._state.lock_path(job.path))
-        job.lock.acquire()
+        pf = job.file
+        pf.acquire()
         # Another process may have completed the file while we waited for its lock.
-        if not self._config.force and self._state.is_complete(job.path, job.final, job.obj):
+        if not self._config.force and pf.is_complete():
             job.state = "reused"
             job.outcome = FileOutcome(job.path, job.obj.size, "skipped")
             self._emit(FileSkipped(path=job.path, size=job.obj.size))
-            self._release(job)
+            pf.release()
             self._queue.job_ended()
             return
         if self._config.verify != "off":
@@ -292,45 +283,20 @@ class Engine:
                     key=job.obj.key,
                     code="ETagMismatch",
                 )
-            if fresh.etag != job.obj.etag or fresh.size != job.obj.size:
-                job.remote = RemoteFile(obj=fresh, path=job.path)
-                job.parts = self._split(fresh.size)
-            else:
-                job.remote = RemoteFile(obj=fresh, path=job.path)
-        job.verifier = Verifier.for_object(job.obj, self._config.verify, path=job.path)
-        job.started = time.monotonic()
-        journal_path = job.temp.with_suffix(".journal")
-        journal = Journal.load(journal_path, job.obj, self._config.part_size, job.temp)
-        try:
-            flags = os.O_RDWR | os.O_CREAT | (0 if journal else os.O_TRUNC)
-            job.fd = os.open(job.temp, flags, 0o644)
-            if journal is None:
-                preallocate(job.fd, job.obj.size)
-        except OSError as exc:
-            raise dest_error(exc, job.temp) from exc
-        if journal is None:
-            journal = Journal(journal_path, job.obj.etag, job.obj.size, self._config.part_size)
-            journal.remove()
-        elif journal.done:
-            job.resumed_bytes = sum(
-                e - s for i, (s, e) in enumerate(job.parts) if i in journal.done
-            )
-            self._emit(FileResumed(path=job.path, bytes=job.resumed_bytes))
-        job.journal = journal
+            pf.set_object(fresh)
+        pf.open()
+        if pf.resumed_bytes:
+            self._emit(FileResumed(path=job.path, bytes=pf.resumed_bytes))
         job.state = "active"
         self._check_complete(job)
 
     def _fetch(self, job: _Job, index: int, buffer: memoryview) -> dict[str, int]:
-        fd = job.fd
-        verifier = job.verifier
-        assert fd is not None and verifier is not None
-        start, end = job.parts[index]
-        obj = job.obj
-        emit = self._emit
-        path = job.path
-        stop = self._stop
-        limiter = self._limiter
-        hasher = verifier.part_hasher()
+        pf = job.file
+        start, end = pf.parts[index]
+        obj = pf.obj
+        emit, path, stop, limiter = self._emit, job.path, self._stop, self._limiter
+        write = pf.write
+        hasher = pf.hasher()
         offset = start
 
         def sink(view: memoryview) -> None:
@@ -340,12 +306,7 @@ class Engine:
             n = len(view)
             if limiter is not None:
                 limiter.take(n, stop)
-            written = 0
-            while written < n:
-                try:
-                    written += os.pwrite(fd, view[written:], offset + written)
-                except OSError as exc:
-                    raise dest_error(exc, job.temp) from exc
+            write(view, offset)
             hasher.update(view)
             offset += n
             emit(BytesTransferred(path=path, bytes=n))
@@ -355,7 +316,7 @@ class Engine:
             lambda: self._backend.read_range(obj, self._bucket, offset, end, buffer, sink),
             lambda: offset,
         )
-        verifier.part_done(index, start, end, fd)
+        pf.written(index)
         return hasher.values()
 
     def _attempts(
@@ -418,33 +379,28 @@ class Engine:
                 if job.state == "restarting" and job.inflight == 0:
                     self._do_restart(job)
                 return
-            if crcs is None or job.journal is None:
+            if crcs is None or job.file.journal is None:
                 return
-            job.journal.done[index] = crcs
-            if len(job.parts) > 1 or job.wanted is not None:
-                if self._config.fsync and job.fd is not None:
-                    os.fdatasync(job.fd)
-                job.journal.save()
+            # A single-part file needs no journal: it is complete the moment it is in.
+            job.file.record(index, crcs, save=len(job.file.parts) > 1 or job.wanted is not None)
             self._check_complete(job)
 
     # -- completion -------------------------------------------------------------------
 
     def _check_complete(self, job: _Job) -> None:
         """With the job's mutex held: verify and place the file once every part is in."""
-        journal = job.journal
-        if job.state != "active" or journal is None:
+        pf = job.file
+        if job.state != "active" or pf.journal is None:
             return
-        if len(journal.done) < len(job.parts):
-            if job.wanted is not None and job.wanted.issubset(journal.done):
+        if not pf.all_done():
+            if job.wanted is not None and job.wanted.issubset(pf.done):
                 self._leave_partial(job)
             return
-        fd, verifier = job.fd, job.verifier
-        assert fd is not None and verifier is not None
         try:
-            verified = verifier.verify(fd, job.parts, journal.done)
+            verified = pf.verify()
         except IntegrityError as exc:
             if job.refetches >= MAX_REFETCHES:
-                journal.remove()  # the bytes are bad: nothing worth resuming
+                pf.discard()
                 raise
             log.warning("%s; fetching it again", exc)
             self._emit(
@@ -456,50 +412,24 @@ class Engine:
             return
         for kind in verified:
             self._emit(FileVerified(path=job.path, kind=kind))
-        try:
-            if self._config.fsync:
-                os.fsync(fd)
-            os.close(fd)
-            job.fd = None
-            self._place(job)
-        except OSError as exc:
-            raise dest_error(exc, job.final) from exc
-        journal.remove()
-        seconds = time.monotonic() - job.started
+        pf.place()
+        seconds = time.monotonic() - pf.started
         job.state = "done"
         job.outcome = FileOutcome(
-            job.path, job.obj.size, "fetched", seconds, tuple(verified), job.resumed_bytes
+            job.path, job.obj.size, "fetched", seconds, tuple(verified), pf.resumed_bytes
         )
         self._emit(FileDone(path=job.path, size=job.obj.size, seconds=seconds))
-        self._release(job)
+        pf.release()
         self._queue.job_ended()
 
     def _leave_partial(self, job: _Job) -> None:
         """The wanted parts are in: keep the temp file and journal for whoever completes it."""
-        if job.fd is not None:
-            os.close(job.fd)
-            job.fd = None
-        assert job.journal is not None
-        job.journal.save()
+        job.file.leave_partial()
         job.state = "partial"
-        job.outcome = FileOutcome(job.path, job.obj.size, "partial", time.monotonic() - job.started)
-        self._release(job)
+        seconds = time.monotonic() - job.file.started
+        job.outcome = FileOutcome(job.path, job.obj.size, "partial", seconds)
+        job.file.release()
         self._queue.job_ended()
-
-    def _place(self, job: _Job) -> None:
-        self._state.forget(job.path)
-        place(job.temp, job.final, self._dest_real, key=job.obj.key)
-        obj = job.obj
-        self._state.write_record(
-            Record(
-                path=job.path,
-                key=obj.key,
-                etag=obj.etag,
-                size=obj.size,
-                mtime_ns=job.final.stat().st_mtime_ns,
-                checksums=dict(obj.checksums),
-            )
-        )
 
     # -- refetching a whole file ------------------------------------------------------
 
@@ -524,25 +454,12 @@ class Engine:
     def _do_restart(self, job: _Job) -> None:
         """With the mutex held and no part in flight: start the file over, latest version."""
         fresh = self._call(lambda: self._backend.head(self._bucket, job.obj.key))
-        undone = sum(
-            e - s for i, (s, e) in enumerate(job.parts) if job.journal and i in job.journal.done
-        )
+        undone = job.file.restart(fresh)
         if undone:
             self._emit(BytesTransferred(path=job.path, bytes=-undone))
-        job.remote = RemoteFile(obj=fresh, path=job.path)
-        job.parts = self._split(fresh.size)
-        job.verifier = Verifier.for_object(fresh, self._config.verify, path=job.path)
-        job.resumed_bytes = 0
-        assert job.fd is not None and job.journal is not None
-        job.journal.remove()
-        job.journal = Journal(job.journal.path, fresh.etag, fresh.size, self._config.part_size)
-        try:
-            os.ftruncate(job.fd, 0)
-            preallocate(job.fd, fresh.size)
-        except OSError as exc:
-            raise dest_error(exc, job.temp) from exc
         job.state = "active"
-        self._queue.put([(job, job.generation, i) for i in range(len(job.parts))], front=True)
+        parts = range(len(job.file.parts))
+        self._queue.put([(job, job.generation, i) for i in parts], front=True)
 
     # -- failure and cleanup ----------------------------------------------------------
 
@@ -570,16 +487,9 @@ class Engine:
             with job.mutex:
                 # A worker left behind may still write to this descriptor: closing it
                 # could let the number be reused by another file. Process exit closes it.
-                if job.fd is not None and job.inflight == 0:
-                    os.close(job.fd)
-                    job.fd = None
-                self._release(job)
-
-    @staticmethod
-    def _release(job: _Job) -> None:
-        if job.lock is not None:
-            job.lock.release()
-            job.lock = None
+                if job.inflight == 0:
+                    job.file.close()
+                job.file.release()
 
 
 class StopSignal(KeyboardInterrupt):

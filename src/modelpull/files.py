@@ -9,7 +9,7 @@ from pathlib import Path
 
 from modelpull.errors import DestinationError, DiskFullError, UnsafePathError
 
-__all__ = ["bytes_in", "dest_error", "place", "preallocate", "split_parts"]
+__all__ = ["bytes_in", "dest_error", "place", "preallocate", "read_at", "split_parts"]
 
 
 def split_parts(size: int, part_size: int) -> list[tuple[int, int]]:
@@ -22,6 +22,17 @@ def split_parts(size: int, part_size: int) -> list[tuple[int, int]]:
 def bytes_in(parts: Sequence[tuple[int, int]], indices: Container[int]) -> int:
     """Bytes covered by the parts at ``indices``."""
     return sum(end - start for i, (start, end) in enumerate(parts) if i in indices)
+
+
+def read_at(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``offset`` of ``fd`` as far as the file goes; the bytes read."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n <= 0:
+            break
+        got += n
+    return got
 
 
 def preallocate(fd: int, size: int) -> None:

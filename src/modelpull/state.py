@@ -6,7 +6,8 @@ can shape a path here):
 - ``records/<h>.json``: written after a file is complete, verified and renamed; a later
   pull skips the file while the record's ETag and size match the store and the file on
   disk still has the recorded size and mtime;
-- ``incomplete/<h>.part`` (and its resume journal): the file being written;
+- ``incomplete/<h>.part`` and ``incomplete/<h>.journal``: the file being written and
+  its resume journal;
 - ``locks/<h>.lock``: held while a process fetches the file.
 """
 
@@ -42,6 +43,8 @@ class StateDir:
     """Paths and records under ``DEST/.modelpull``."""
 
     def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.dest_real = dest.resolve()
         self.root = dest / STATE_DIR
         self.records = self.root / "records"
         self.incomplete = self.root / "incomplete"
@@ -57,6 +60,9 @@ class StateDir:
 
     def temp_path(self, path: str) -> Path:
         return self.incomplete / f"{self._name(path)}.part"
+
+    def journal_path(self, path: str) -> Path:
+        return self.incomplete / f"{self._name(path)}.journal"
 
     def lock_path(self, path: str) -> Path:
         return self.locks / f"{self._name(path)}.lock"

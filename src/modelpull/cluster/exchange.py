@@ -27,17 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from modelpull.cluster.plan import Chunk, ClusterPlan, Schedule, View
 from modelpull.cluster.transport import HEADER, VALID, Handle, Transport
 from modelpull.config import PullConfig
 from modelpull.errors import ModelPullError
 from modelpull.events import BytesTransferred, Event
-from modelpull.files import preallocate
-from modelpull.integrity import PartHasher, Verifier
-from modelpull.journal import Journal
+from modelpull.files import read_at
+from modelpull.integrity import PartHasher
 from modelpull.objects import RemoteFile
+from modelpull.partfile import PartFile
 from modelpull.state import StateDir
 
 __all__ = ["Exchange", "ExchangeStats"]
@@ -55,122 +53,91 @@ class ExchangeStats:
 
 
 class _LocalFile:
-    """One file of the plan on this member's disk, open for the steps that touch it."""
+    """One file of the plan on this member's disk, open for the steps that touch it.
+
+    A complete file is read from its final name; any other is a
+    :class:`~modelpull.partfile.PartFile`, taken only if its lock is free at once.
+    """
 
     def __init__(
-        self,
-        remote: RemoteFile,
-        dest: Path,
-        state: StateDir,
-        config: PullConfig,
-        *,
-        complete: bool,
-        receiving: bool,
+        self, remote: RemoteFile, state: StateDir, config: PullConfig, *, complete: bool
     ) -> None:
-        self.remote = remote
-        self.final = dest / remote.path
-        self.temp = state.temp_path(remote.path)
-        self.lock_path = state.lock_path(remote.path)
-        self.config = config
+        self.path = remote.path
+        self.file = PartFile(state, remote, config)
         self.complete = complete
-        self.receiving = receiving
         self.usable = True
-        self.fd: int | None = None
-        self.journal: Journal | None = None
-        self.lock: FileLock | None = None
-        self.verifier: Verifier | None = None
+        self._final_fd: int | None = None
+        self._locked = False
 
     def _give_up(self, why: str) -> None:
         if self.usable:
-            log.warning(
-                "exchange: %s: %s; the pull fetches it from the store", self.remote.path, why
-            )
+            log.warning("exchange: %s: %s; the pull fetches it from the store", self.path, why)
         self.usable = False
 
-    def open(self) -> None:
-        obj = self.remote.obj
+    def open(self, *, receiving: bool) -> None:
         try:
             if self.complete:
-                self.fd = os.open(self.final, os.O_RDONLY)
+                self._final_fd = os.open(self.file.final, os.O_RDONLY)
                 return
-            lock = FileLock(self.lock_path)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
+            if not self.file.acquire(timeout=0):
                 # Another process is writing it: waiting would stall the whole cluster.
                 self._give_up("another process holds its lock")
                 return
-            self.lock = lock
-            if self.receiving:
-                self.verifier = Verifier.for_object(obj, self.config.verify, path=self.remote.path)
-            journal_path = self.temp.with_suffix(".journal")
-            part_size = self.config.part_size
-            journal = Journal.load(journal_path, obj, part_size, self.temp)
-            if journal is None:
-                if not self.receiving:
-                    self._give_up("its resume journal is gone")
-                    return
-                self.fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-                preallocate(self.fd, obj.size)
-                journal = Journal(journal_path, obj.etag, obj.size, part_size)
-                journal.remove()
-            else:
-                self.fd = os.open(self.temp, os.O_RDWR)
-            self.journal = journal
+            self._locked = True
+            if not self.file.open(create=receiving):
+                self._give_up("its resume journal is gone")
         except (OSError, ModelPullError) as exc:
             self._give_up(f"cannot open it ({exc})")
 
     def has_part(self, part: int) -> bool:
-        return self.complete or (self.journal is not None and part in self.journal.done)
+        return self.complete or part in self.file.done
+
+    def hasher(self) -> PartHasher | None:
+        return self.file.hasher() if self.usable and self.file.fd is not None else None
 
     def read(self, view: memoryview, offset: int) -> bool:
-        if not self.usable or self.fd is None:
+        if not self.usable:
             return False
-        got = 0
+        fd = self._final_fd if self._final_fd is not None else self.file.fd
+        if fd is None:
+            return False
         try:
-            while got < len(view):
-                n = os.preadv(self.fd, [view[got:]], offset + got)
-                if n <= 0:
-                    break
-                got += n
+            got = read_at(fd, view, offset)
         except OSError as exc:
             self._give_up(f"cannot read it ({exc})")
             return False
         return got == len(view)
 
     def write(self, view: memoryview, offset: int) -> bool:
-        if not self.usable or self.fd is None or self.journal is None:
+        if not self.usable or self.file.fd is None:
             return False
-        written = 0
         try:
-            while written < len(view):
-                written += os.pwrite(self.fd, view[written:], offset + written)
-        except OSError as exc:
-            self._give_up(f"cannot write it ({exc.strerror or exc})")
+            self.file.write(view, offset)
+        except ModelPullError as exc:
+            self._give_up(str(exc))
             return False
         return True
 
     def record(self, part: int, crcs: dict[str, int]) -> bool:
-        if not self.usable or self.fd is None or self.journal is None:
+        if not self.usable or self.file.fd is None:
             return False
-        self.journal.done[part] = crcs
         try:
-            if self.config.fsync:
-                os.fdatasync(self.fd)
-            self.journal.save()
+            self.file.record(part, crcs)
         except OSError as exc:
             self._give_up(f"cannot save its journal ({exc})")
             return False
         return True
 
     def close(self) -> None:
-        if self.fd is not None:
+        if self._final_fd is not None:
             with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+                os.close(self._final_fd)
+            self._final_fd = None
+        with contextlib.suppress(OSError):
+            self.file.close()
+        if self._locked:
+            self.file.release()
+            self._locked = False
 
 
 class _Incoming:
@@ -223,17 +190,9 @@ class Exchange:
                 first_last = span.setdefault(chunk.ref.file, [step, step])
                 first_last[1] = step
         state = StateDir(dest)
-        receiving = {f for f, _ in self._wanted}
+        self._receiving = {f for f, _ in self._wanted}
         self._files = {
-            f: _LocalFile(
-                plan.files[f],
-                dest,
-                state,
-                config,
-                complete=f in mine.complete,
-                receiving=f in receiving,
-            )
-            for f in span
+            f: _LocalFile(plan.files[f], state, config, complete=f in mine.complete) for f in span
         }
         self._opens: dict[int, list[int]] = {}
         self._closes: dict[int, list[int]] = {}
@@ -250,7 +209,7 @@ class Exchange:
             for step in range(self._schedule.steps):
                 slot = step % 2
                 for f in self._opens.get(step, ()):
-                    self._files[f].open()
+                    self._files[f].open(receiving=f in self._receiving)
                 self._fill(slot, step)
                 handle = transport.start(slot, HEADER + self._schedule.step_length(step))
                 if pending is not None:
@@ -296,8 +255,9 @@ class Exchange:
         key = (chunk.ref.file, chunk.ref.part)
         local = self._files[chunk.ref.file]
         incoming = self._incoming.get(key)
-        if incoming is None and chunk.offset == chunk.ref.start and local.verifier is not None:
-            incoming = _Incoming(local.verifier.part_hasher(), chunk.ref.start)
+        hasher = local.hasher() if incoming is None and chunk.offset == chunk.ref.start else None
+        if hasher is not None:
+            incoming = _Incoming(hasher, chunk.ref.start)
             self._incoming[key] = incoming
         if (
             incoming is None
@@ -309,12 +269,12 @@ class Exchange:
             dropped = self._incoming.pop(key, None)
             if dropped is not None and dropped.next_offset > chunk.ref.start:
                 undone = dropped.next_offset - chunk.ref.start
-                self._emit(BytesTransferred(path=local.remote.path, bytes=-undone))
+                self._emit(BytesTransferred(path=local.path, bytes=-undone))
             return
         incoming.hasher.update(body)
         incoming.next_offset += chunk.length
         self.stats.received += chunk.length
-        self._emit(BytesTransferred(path=local.remote.path, bytes=chunk.length))
+        self._emit(BytesTransferred(path=local.path, bytes=chunk.length))
         if chunk.last:
             del self._incoming[key]
             if local.record(chunk.ref.part, incoming.hasher.values()):

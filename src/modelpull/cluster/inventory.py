@@ -10,8 +10,8 @@ from modelpull.backends.base import Backend
 from modelpull.cluster.plan import ClusterPlan, MemberState
 from modelpull.config import PullConfig
 from modelpull.errors import ModelPullError
-from modelpull.journal import Journal
 from modelpull.objects import RemoteFile
+from modelpull.partfile import PartFile
 from modelpull.plan import list_remote, select
 from modelpull.retry import RetryPolicy
 from modelpull.state import StateDir
@@ -52,27 +52,28 @@ def local_state(
     plan: ClusterPlan,
     dest: Path,
     rank: int,
+    config: PullConfig,
     *,
-    force: bool,
     fetch_failed: bool = False,
     cuda: bool = False,
     nccl_failed: bool = False,
 ) -> MemberState:
     """What ``dest`` holds of the plan: complete files (by their records; none with
-    ``force``) and parts held in resume journals that describe this very object."""
+    ``config.force``) and parts held in resume journals that describe this very object.
+
+    ``config.part_size`` must be the plan's, for part indices to mean the same thing."""
     state = StateDir(dest)
     complete: set[int] = set()
     held: dict[int, frozenset[int]] = {}
     for f in plan.shared():
         remote = plan.files[f]
-        if not force and state.is_complete(remote.path, dest / remote.path, remote.obj):
+        local = PartFile(state, remote, config)
+        if not config.force and local.is_complete():
             complete.add(f)
             continue
-        temp = state.temp_path(remote.path)
-        journal = Journal.load(temp.with_suffix(".journal"), remote.obj, plan.part_size, temp)
-        if journal is not None:
-            valid = range(len(plan.parts(f)))
-            held[f] = frozenset(p for p in journal.done if p in valid)
+        parts = local.resumable()
+        if parts:
+            held[f] = parts
     return MemberState(
         rank=rank,
         complete=frozenset(complete),

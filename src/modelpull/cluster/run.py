@@ -464,7 +464,7 @@ class _Run:
             plan,
             self.target,
             self.me,
-            force=self.cfg.force,
+            self._engine_config(plan),
             fetch_failed=fetch_failed,
             cuda=self._wants_nccl() and cuda_available(),
             nccl_failed=nccl_failed,
