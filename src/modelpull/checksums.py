@@ -58,10 +58,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import bisect
 import hashlib
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -74,15 +72,11 @@ __all__ = [
     "CRC_KINDS",
     "DIGEST_KINDS",
     "KINDS",
-    "PREFERENCE",
     "BytesLike",
-    "CrcAccumulator",
     "CrcKind",
     "DigestKind",
-    "Hasher",
-    "PrefixHasher",
-    "ReadInto",
     "composite",
+    "crc_kind",
     "get_kind",
     "split_composite",
     "verify",
@@ -94,19 +88,6 @@ BytesLike = bytes | bytearray | memoryview
 # (offset, buffer) -> bytes read into the buffer's start; os.preadv(fd, [buf], offset)
 # has this shape.
 ReadInto = Callable[[int, memoryview], int]
-
-#: Kinds from cheapest to dearest to verify: GIL-free CRCs, GIL-holding CRCs, digests.
-PREFERENCE: tuple[str, ...] = (
-    "crc64nvme",
-    "crc32c",
-    "crc64ecma",
-    "crc32",
-    "sha256",
-    "sha1",
-    "md5",
-)
-
-_PREFIX_BUFFER = 4 << 20
 
 
 def _bytes_view(data: BytesLike) -> BytesLike:
@@ -128,8 +109,6 @@ class CrcKind:
     name: str
     width: int
     encoding: Literal["decimal", "base64"]
-    implementation: str
-    releases_gil: bool
     _update: Callable[[BytesLike, int], int]
     _combine: Callable[[int, int, int], int]
 
@@ -238,8 +217,6 @@ CRC_KINDS: Mapping[str, CrcKind] = {
             name="crc64ecma",
             width=64,
             encoding="decimal",
-            implementation="anycrc",
-            releases_gil=False,
             _update=_XZ.calc,
             _combine=_XZ.combine,
         ),
@@ -247,8 +224,6 @@ CRC_KINDS: Mapping[str, CrcKind] = {
             name="crc64nvme",
             width=64,
             encoding="base64",
-            implementation="awscrt",
-            releases_gil=True,
             _update=crt.crc64nvme,
             _combine=crt.combine_crc64nvme,
         ),
@@ -256,8 +231,6 @@ CRC_KINDS: Mapping[str, CrcKind] = {
             name="crc32c",
             width=32,
             encoding="base64",
-            implementation="awscrt",
-            releases_gil=True,
             _update=crt.crc32c,
             _combine=crt.combine_crc32c,
         ),
@@ -265,8 +238,6 @@ CRC_KINDS: Mapping[str, CrcKind] = {
             name="crc32",
             width=32,
             encoding="base64",
-            implementation="anycrc",
-            releases_gil=False,
             _update=_CRC32.calc,
             _combine=_CRC32.combine,
         ),
@@ -292,7 +263,8 @@ def get_kind(name: str) -> CrcKind | DigestKind:
         raise UsageError(f"unknown checksum kind {name!r}; known: {known}") from None
 
 
-def _crc_kind(name: str) -> CrcKind:
+def crc_kind(name: str) -> CrcKind:
+    """The CRC kind called ``name``; :class:`~modelpull.errors.UsageError` for any other."""
     kind = get_kind(name)
     if not isinstance(kind, CrcKind):
         raise UsageError(f"{name} is not a CRC and cannot be combined from parts")
@@ -393,218 +365,3 @@ def _mismatch(name: str, path: str, expected: str, actual: str) -> None:
         expected=expected,
         actual=actual,
     )
-
-
-# --- parallel parts --------------------------------------------------------------------
-
-
-class CrcAccumulator:
-    """Per-part CRCs, added in any order from any thread, combined in offset order.
-
-    ``add_part`` is cheap and thread-safe; ``finish`` sorts the parts, checks that they
-    tile ``[0, size)`` exactly, and folds them with one ``combine`` per part and kind.
-    Every part is kept until then (a few ints each: 10,000 parts is well under 1 MB), so
-    ``finish_parts`` can regroup them along an upload's part boundaries.
-
-    Example::
-
-        acc = CrcAccumulator(["crc64ecma"])
-        # in each worker, as its part completes:
-        acc.add_part(offset, length, {"crc64ecma": crc})
-        # once all are in:
-        acc.finish(size)  # {"crc64ecma": value}
-    """
-
-    def __init__(self, kinds: Iterable[str]) -> None:
-        self._kinds = tuple(_crc_kind(name) for name in dict.fromkeys(kinds))
-        self._parts: dict[int, tuple[int, tuple[int, ...]]] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        """The CRC kinds accumulated, in the order given."""
-        return tuple(kind.name for kind in self._kinds)
-
-    def add_part(self, offset: int, length: int, crcs: Mapping[str, int]) -> None:
-        """Record the CRCs of bytes ``[offset, offset + length)``; one call per part."""
-        if offset < 0 or length < 1:
-            raise ValueError(f"bad part: offset {offset}, length {length}")
-        try:
-            values = tuple(crcs[kind.name] for kind in self._kinds)
-        except KeyError as exc:
-            raise ValueError(f"part at {offset} lacks its {exc.args[0]} value") from None
-        with self._lock:
-            if offset in self._parts:
-                raise ValueError(f"a part at offset {offset} was added twice")
-            self._parts[offset] = (length, values)
-
-    def finish(self, size: int) -> dict[str, int]:
-        """The whole object's CRCs; :class:`ValueError` unless the parts tile ``[0, size)``."""
-        totals = [0] * len(self._kinds)  # the CRC of no bytes is 0
-        for _, length, values in self._tiled(size):
-            for i, kind in enumerate(self._kinds):
-                totals[i] = kind.combine(totals[i], values[i], length)
-        return {kind.name: total for kind, total in zip(self._kinds, totals, strict=True)}
-
-    def finish_parts(self, part_sizes: Sequence[int]) -> dict[str, list[int]]:
-        """The CRC of each upload part, for :func:`composite`.
-
-        The upload's parts must each be a whole number of the parts added: a part that
-        straddles an upload part boundary raises :class:`ValueError`.
-        """
-        if any(size < 1 for size in part_sizes):
-            raise ValueError("upload part sizes must be positive")
-        parts = self._tiled(sum(part_sizes))
-        result: dict[str, list[int]] = {kind.name: [] for kind in self._kinds}
-        index = 0
-        start = 0
-        for size in part_sizes:
-            end = start + size
-            totals = [0] * len(self._kinds)
-            while index < len(parts) and parts[index][0] < end:
-                offset, length, values = parts[index]
-                if offset + length > end:
-                    raise ValueError(
-                        f"part [{offset}, {offset + length}) straddles the upload part "
-                        f"boundary at {end}: split ranges at upload part boundaries"
-                    )
-                for i, kind in enumerate(self._kinds):
-                    totals[i] = kind.combine(totals[i], values[i], length)
-                index += 1
-            for kind, total in zip(self._kinds, totals, strict=True):
-                result[kind.name].append(total)
-            start = end
-        return result
-
-    def _tiled(self, size: int) -> list[tuple[int, int, tuple[int, ...]]]:
-        with self._lock:
-            parts = sorted((off, length, values) for off, (length, values) in self._parts.items())
-        expected = 0
-        for offset, length, _ in parts:
-            if offset != expected:
-                what = "a gap" if offset > expected else "an overlap"
-                raise ValueError(f"parts do not tile the object: {what} at offset {expected}")
-            expected = offset + length
-        if expected != size:
-            raise ValueError(f"parts cover [0, {expected}), not the object's [0, {size})")
-        return parts
-
-
-class PrefixHasher:
-    """Digests (sha256, sha1, md5) of a file whose parts are written out of order.
-
-    Design: workers write parts into the temp file at their offsets and report them
-    with :meth:`mark_done`; whenever the completed prefix of the file grows, one thread
-    reads the new bytes back (through the ``read_into`` it is given, e.g. ``os.preadv``)
-    and feeds them to hashlib in order. The alternative, an in-memory reorder buffer fed
-    with chunks as they arrive, must either hold every byte that arrives ahead of the
-    hashing point — with many parallel parts and one slow part, up to nearly the whole
-    file — or stall the workers that are ahead, which throttles the download to the
-    slowest connection. Reading back costs one copy from the page cache (the bytes were
-    just written, so they are still there), several times cheaper than SHA-256 itself;
-    memory stays at one buffer; no worker ever waits; and it verifies the bytes *on disk*,
-    which also catches a mistake in writing them. hashlib and ``os.preadv`` release the
-    GIL on large buffers, so the hashing thread runs alongside the workers.
-
-    :meth:`hash_ready` hashes whatever is ready; if another thread is already hashing,
-    it returns at once (that thread picks up the new bytes), so any worker may call it
-    after ``mark_done``, or a dedicated thread may. :meth:`finish` hashes the rest.
-    """
-
-    def __init__(self, kinds: Iterable[str], size: int, *, buffer_size: int = _PREFIX_BUFFER):
-        if size < 0 or buffer_size < 1:
-            raise ValueError("size must be >= 0 and buffer_size >= 1")
-        names = list(dict.fromkeys(kinds))
-        self._kinds: tuple[DigestKind, ...] = tuple(
-            kind for kind in map(get_kind, names) if isinstance(kind, DigestKind)
-        )
-        if len(self._kinds) != len(names):
-            raise UsageError(f"PrefixHasher takes digest kinds ({', '.join(DIGEST_KINDS)})")
-        self._hashers = [kind.new() for kind in self._kinds]
-        self._size = size
-        self._buffer_size = buffer_size
-        self._lock = threading.Lock()  # guards _ready and _pending
-        self._hashing = threading.Lock()  # held by the one thread reading and hashing
-        self._ready = 0  # [0, _ready) is written
-        self._pending: list[tuple[int, int]] = []  # written ranges past _ready, sorted
-        self._hashed = 0  # [0, _hashed) is hashed; only the _hashing holder moves it
-        self._buffer: memoryview | None = None  # only the _hashing holder uses it
-
-    @property
-    def size(self) -> int:
-        """The file's size in bytes."""
-        return self._size
-
-    @property
-    def ready(self) -> int:
-        """Length of the written prefix."""
-        with self._lock:
-            return self._ready
-
-    @property
-    def hashed(self) -> int:
-        """Length of the hashed prefix."""
-        return self._hashed
-
-    def mark_done(self, offset: int, length: int) -> None:
-        """Record that bytes ``[offset, offset + length)`` are in the file; thread-safe."""
-        end = offset + length
-        if offset < 0 or length < 1 or end > self._size:
-            raise ValueError(f"bad part [{offset}, {end}) of a {self._size}-byte file")
-        with self._lock:
-            i = bisect.bisect_left(self._pending, (offset, end))
-            if (
-                offset < self._ready
-                or (i > 0 and self._pending[i - 1][1] > offset)
-                or (i < len(self._pending) and self._pending[i][0] < end)
-            ):
-                raise ValueError(f"part [{offset}, {end}) overlaps one already done")
-            self._pending.insert(i, (offset, end))
-            while self._pending and self._pending[0][0] == self._ready:
-                self._ready = self._pending.pop(0)[1]
-
-    def hash_ready(self, read_into: ReadInto, *, wait: bool = False) -> int:
-        """Hash the written prefix not yet hashed; returns the bytes hashed by this call.
-
-        Returns 0 at once if another thread is hashing, unless ``wait``.
-        """
-        total = 0
-        while True:
-            if not self._hashing.acquire(blocking=wait):
-                return total
-            try:
-                if self._buffer is None:
-                    self._buffer = memoryview(bytearray(min(self._buffer_size, self._size or 1)))
-                buffer = self._buffer
-                while True:
-                    with self._lock:
-                        todo = self._ready - self._hashed
-                    if todo <= 0:
-                        break
-                    view = buffer[: min(todo, len(buffer))]
-                    got = read_into(self._hashed, view)
-                    if got <= 0:
-                        raise OSError(f"short read at offset {self._hashed} while hashing")
-                    for hasher in self._hashers:
-                        hasher.update(view[:got])
-                    self._hashed += got
-                    total += got
-            finally:
-                self._hashing.release()
-            # A part may have landed between the last look and the release, while its
-            # worker found the lock taken; look once more so those bytes are not left.
-            with self._lock:
-                if self._ready <= self._hashed:
-                    return total
-
-    def finish(self, read_into: ReadInto) -> dict[str, bytes]:
-        """Hash the rest and return each kind's digest; :class:`ValueError` on a gap."""
-        with self._lock:
-            if self._ready != self._size:
-                raise ValueError(
-                    f"parts do not cover the file: [0, {self._ready}) is done of {self._size}"
-                )
-        self.hash_ready(read_into, wait=True)
-        with self._hashing:
-            self._buffer = None
-            return {k.name: h.digest() for k, h in zip(self._kinds, self._hashers, strict=True)}

@@ -52,6 +52,7 @@ from modelpull.events import (
     RequestStarted,
 )
 from modelpull.files import dest_error
+from modelpull.hashing import PartValues
 from modelpull.objects import ObjectInfo, RemoteFile
 from modelpull.partfile import PartFile
 from modelpull.ratelimit import RateLimiter
@@ -224,11 +225,11 @@ class Engine:
             try:
                 if not self._begin_part(job, generation, index):
                     continue
-                crcs: dict[str, int] | None = None
+                values: PartValues | None = None
                 try:
-                    crcs = self._fetch(job, index, buffer)
+                    values = self._fetch(job, index, buffer)
                 finally:
-                    self._end_part(job, generation, index, crcs)
+                    self._end_part(job, generation, index, values)
             except _Stopped:
                 pass
             except BaseException as exc:  # reported to the main thread, never lost
@@ -290,13 +291,13 @@ class Engine:
         job.state = "active"
         self._check_complete(job)
 
-    def _fetch(self, job: _Job, index: int, buffer: memoryview) -> dict[str, int]:
+    def _fetch(self, job: _Job, index: int, buffer: memoryview) -> PartValues:
         pf = job.file
         start, end = pf.parts[index]
         obj = pf.obj
         emit, path, stop, limiter = self._emit, job.path, self._stop, self._limiter
         write = pf.write
-        hasher = pf.hasher()
+        hasher = pf.hasher(index)
         offset = start
 
         def sink(view: memoryview) -> None:
@@ -370,19 +371,17 @@ class Engine:
 
         return self._retry.call(head, on_retry=retry_events(self._emit), stop=self._stop)
 
-    def _end_part(
-        self, job: _Job, generation: int, index: int, crcs: dict[str, int] | None
-    ) -> None:
+    def _end_part(self, job: _Job, generation: int, index: int, values: PartValues | None) -> None:
         with job.mutex:
             job.inflight -= 1
             if generation != job.generation:
                 if job.state == "restarting" and job.inflight == 0:
                     self._do_restart(job)
                 return
-            if crcs is None or job.file.journal is None:
+            if values is None or job.file.journal is None:
                 return
             # A single-part file needs no journal: it is complete the moment it is in.
-            job.file.record(index, crcs, save=len(job.file.parts) > 1 or job.wanted is not None)
+            job.file.record(index, values, save=len(job.file.parts) > 1 or job.wanted is not None)
             self._check_complete(job)
 
     # -- completion -------------------------------------------------------------------

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from modelpull.errors import DestinationError, DiskFullError, UnsafePathError
 
-__all__ = ["bytes_in", "dest_error", "place", "preallocate", "read_at", "split_parts"]
+__all__ = [
+    "bytes_in",
+    "dest_error",
+    "place",
+    "preallocate",
+    "read_at",
+    "split_parts",
+]
 
 
 def split_parts(size: int, part_size: int) -> list[tuple[int, int]]:

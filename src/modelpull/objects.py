@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["ObjectInfo", "RemoteFile"]
+__all__ = ["Layout", "ObjectInfo", "RemoteFile", "UploadPart"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +36,32 @@ class RemoteFile:
 
     obj: ObjectInfo
     path: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadPart:
+    """One part of a multipart upload: its size, and what the store publishes for it.
+
+    ``checksums`` maps a kind to the part's own published value: ``md5`` from a part's
+    plain ETag, ``crc32c``/``sha256``/... from its additional checksum headers.
+    """
+
+    size: int
+    checksums: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How an object was uploaded in parts: what composite checks are computed over.
+
+    ``exact`` is true when the store said so (``partNumber`` requests, object
+    attributes); false when the sizes are a standard part size consistent with the part
+    count and the object size, the best that can be done for a store that will not say.
+    """
+
+    parts: tuple[UploadPart, ...]
+    exact: bool = True
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(part.size for part in self.parts)

@@ -9,11 +9,15 @@ writes parts it receives from peers instead of the store. The steps, in order:
    process finished it meanwhile (its record matches the store and the disk).
 2. :meth:`~PartFile.open` the temp file (``DEST/.modelpull/incomplete/``): resumed when
    its journal describes exactly this version of the object (same ETag, size and part
-   size), otherwise created empty and preallocated, so a full disk fails now.
+   size), otherwise created empty and preallocated, so a full disk fails now. A resumed
+   part is re-read and its CRC-32C checked against the journal's before it counts; a
+   part that fails is fetched again (``parts_repaired``).
 3. :meth:`~PartFile.write` bytes at their offsets from any worker; a finished part is
    :meth:`~PartFile.written` (it extends the in-order digests) and then
-   :meth:`~PartFile.record`-ed in the journal with its CRCs.
-4. Once every part is in, :meth:`~PartFile.verify` against the store's checksums, then
+   :meth:`~PartFile.record`-ed in the journal with the CRC its bytes had.
+4. Once every part is in, :meth:`~PartFile.verify` against the store's checksums (on a
+   mismatch, :meth:`~PartFile.damaged` finds parts to :meth:`~PartFile.forget` and fetch
+   again, where the store or the journal can tell which), then
    :meth:`~PartFile.place`: fsync if asked, rename into place, write the record, drop the
    journal. Or :meth:`~PartFile.leave_partial` (some parts only: temp file and journal
    stay for whoever completes it), or :meth:`~PartFile.restart` (the object changed or
@@ -32,10 +36,11 @@ import time
 from filelock import FileLock, Timeout
 
 from modelpull.config import PullConfig
-from modelpull.files import bytes_in, dest_error, place, preallocate, split_parts
-from modelpull.integrity import PartHasher, Verifier
+from modelpull.files import bytes_in, dest_error, place, preallocate
+from modelpull.hashing import PartHasher, PartValues
+from modelpull.integrity import JOURNAL_KIND, Verifier
 from modelpull.journal import Journal
-from modelpull.objects import ObjectInfo, RemoteFile
+from modelpull.objects import Layout, ObjectInfo, RemoteFile
 from modelpull.state import Record, StateDir
 
 __all__ = ["PartFile"]
@@ -58,11 +63,14 @@ class PartFile:
         self._lock_path = state.lock_path(remote.path)
         self._state = state
         self._config = config
-        self.parts = split_parts(self.obj.size, config.part_size)
+        self.verifier = Verifier(self.path, self.obj, "off")
+        self.parts = self.verifier.split(config.part_size)
         self.fd: int | None = None
         self.journal: Journal | None = None
-        self.verifier = Verifier.for_object(self.obj, "off", path=self.path)
+        # What each part's bytes hashed to, as written or as re-read on resume.
+        self.values: dict[int, PartValues] = {}
         self.resumed_bytes = 0
+        self.repaired: set[int] = set()  # parts a resumed journal listed that failed
         self.started = 0.0
         self._lock: FileLock | None = None
 
@@ -89,21 +97,25 @@ class PartFile:
 
     def set_object(self, obj: ObjectInfo) -> None:
         """What a fresh HEAD said of the object: its checksums, maybe a new version."""
-        if obj.etag != self.obj.etag or obj.size != self.obj.size:
-            self.parts = split_parts(obj.size, self._config.part_size)
         self.obj = obj
+        self.verifier = Verifier(self.path, obj, "off")
+        self.parts = self.verifier.split(self._config.part_size)
 
     # -- 2. the temp file -------------------------------------------------------------
 
-    def open(self, *, create: bool = True) -> bool:
+    def open(self, layout: Layout | None = None, *, create: bool = True) -> bool:
         """Open the temp file, resuming the parts its journal lists for this object.
 
-        Without a usable journal the file is started empty and preallocated, unless
-        ``create`` is false: then nothing is opened and the result is ``False``.
+        ``layout`` is the object's upload layout, for composite checks. Without a usable
+        journal the file is started empty and preallocated, unless ``create`` is false:
+        then nothing is opened and the result is ``False``.
         """
-        self.verifier = Verifier.for_object(self.obj, self._config.verify, path=self.path)
+        self.verifier = Verifier(self.path, self.obj, self._config.verify, layout)
+        self.parts = self.verifier.split(self._config.part_size)
         self.started = time.monotonic()
-        journal = Journal.load(self._journal_path, self.obj, self._config.part_size, self.temp)
+        journal = Journal.load(
+            self._journal_path, self.obj, self._config.part_size, len(self.parts), self.temp
+        )
         if journal is None and not create:
             return False
         try:
@@ -111,12 +123,11 @@ class PartFile:
             self.fd = os.open(self.temp, flags, 0o644)
             if journal is None:
                 preallocate(self.fd, self.obj.size)
+            self.journal = journal if journal is not None else self._new_journal()
+            self._recheck()
         except OSError as exc:
             raise dest_error(exc, self.temp) from exc
-        if journal is None:
-            journal = self._new_journal()
-        self.journal = journal
-        self.resumed_bytes = bytes_in(self.parts, journal.done)
+        self.resumed_bytes = bytes_in(self.parts, self.done)
         return True
 
     def _new_journal(self) -> Journal:
@@ -124,26 +135,43 @@ class PartFile:
         journal.remove()  # one left by another version of the object
         return journal
 
+    def _recheck(self) -> None:
+        """Trust no resumed part unchecked: re-read each and compare its CRC-32C."""
+        assert self.journal is not None and self.fd is not None
+        if not self.journal.done:
+            return
+        buffer = memoryview(bytearray(min(self._config.part_size, 4 << 20)))
+        for index, recorded in sorted(self.journal.done.items()):
+            values = self.verifier.values_from_disk(self.fd, index, buffer)
+            if values.crcs[JOURNAL_KIND] == recorded:
+                self.values[index] = values
+            else:
+                del self.journal.done[index]
+                self.repaired.add(index)
+        if self.repaired:
+            self.journal.save()
+
     @property
     def done(self) -> frozenset[int]:
         """Indices of the parts recorded as written."""
         return frozenset(self.journal.done) if self.journal is not None else frozenset()
 
     def resumable(self) -> frozenset[int]:
-        """Parts a journal holds for this object, read without locking or opening anything."""
-        journal = Journal.load(self._journal_path, self.obj, self._config.part_size, self.temp)
-        if journal is None:
-            return frozenset()
-        return frozenset(i for i in journal.done if 0 <= i < len(self.parts))
+        """Parts a journal holds for this object, read without locking or opening anything
+        (they are re-checked when the file is opened)."""
+        journal = Journal.load(
+            self._journal_path, self.obj, self._config.part_size, len(self.parts), self.temp
+        )
+        return frozenset(journal.done) if journal is not None else frozenset()
 
     def all_done(self) -> bool:
         return self.journal is not None and len(self.journal.done) >= len(self.parts)
 
     # -- 3. writing parts -------------------------------------------------------------
 
-    def hasher(self) -> PartHasher:
-        """A fresh CRC state for one part, of the kinds verification and the journal use."""
-        return self.verifier.part_hasher()
+    def hasher(self, index: int) -> PartHasher:
+        """A fresh hasher for part ``index``: the journal's CRC and what verification needs."""
+        return self.verifier.hasher(index)
 
     def write(self, view: memoryview, offset: int) -> None:
         """Write all of ``view`` at ``offset``; :class:`DestinationError` on failure."""
@@ -158,14 +186,14 @@ class PartFile:
 
     def written(self, index: int) -> None:
         """Part ``index`` is all on disk: extend the in-order digests over it."""
-        start, end = self.parts[index]
         assert self.fd is not None
-        self.verifier.part_done(index, start, end, self.fd)
+        self.verifier.part_done(index, self.fd)
 
-    def record(self, index: int, crcs: dict[str, int], *, save: bool = True) -> None:
-        """Note part ``index`` as written, with its CRCs; ``save`` the journal to disk."""
+    def record(self, index: int, values: PartValues, *, save: bool = True) -> None:
+        """Note part ``index`` as written, with its values; ``save`` the journal to disk."""
         assert self.journal is not None
-        self.journal.done[index] = crcs
+        self.values[index] = values
+        self.journal.done[index] = values.crcs[JOURNAL_KIND]
         if save:
             if self._config.fsync and self.fd is not None:
                 os.fdatasync(self.fd)
@@ -175,8 +203,31 @@ class PartFile:
 
     def verify(self) -> list[str]:
         """Check the complete temp file; the kinds that matched, or :class:`IntegrityError`."""
-        assert self.fd is not None and self.journal is not None
-        return self.verifier.verify(self.fd, self.parts, self.journal.done)
+        assert self.fd is not None
+        return self.verifier.verify(self.fd, self.values)
+
+    def damaged(self, layout: Layout | None) -> set[int]:
+        """Parts whose bytes on disk are wrong, where that can be told: against the
+        store's per-part values in ``layout``, and against the CRCs they were written
+        with (which finds damage on disk, not in transit)."""
+        assert self.fd is not None
+        bad = self.verifier.damaged(self.fd, layout) if layout is not None else set()
+        buffer = memoryview(bytearray(min(self._config.part_size, 4 << 20)))
+        for index, values in self.values.items():
+            again = self.verifier.values_from_disk(self.fd, index, buffer)
+            if again.crcs[JOURNAL_KIND] != values.crcs[JOURNAL_KIND]:
+                bad.add(index)
+        return bad
+
+    def forget(self, indices: set[int]) -> int:
+        """Drop parts found damaged, to be fetched again; the bytes given up."""
+        assert self.journal is not None
+        for index in indices:
+            self.journal.done.pop(index, None)
+            self.values.pop(index, None)
+        self.verifier.reset_digests()
+        self.journal.save()
+        return bytes_in(self.parts, indices)
 
     def place(self) -> None:
         """Rename the verified temp file into place and record it; drop the journal."""
@@ -215,12 +266,13 @@ class PartFile:
         if self.journal is not None:
             self.journal.remove()
 
-    def restart(self, obj: ObjectInfo) -> int:
+    def restart(self, obj: ObjectInfo, layout: Layout | None = None) -> int:
         """Start over, empty, for ``obj`` (the latest version); the bytes given up."""
         undone = bytes_in(self.parts, self.done)
         self.obj = obj
-        self.parts = split_parts(obj.size, self._config.part_size)
-        self.verifier = Verifier.for_object(obj, self._config.verify, path=self.path)
+        self.verifier = Verifier(self.path, obj, self._config.verify, layout)
+        self.parts = self.verifier.split(self._config.part_size)
+        self.values.clear()
         self.resumed_bytes = 0
         if self.journal is not None:
             self.journal.remove()

@@ -33,7 +33,7 @@ from modelpull.config import PullConfig
 from modelpull.errors import ModelPullError
 from modelpull.events import BytesTransferred, Event
 from modelpull.files import read_at
-from modelpull.integrity import PartHasher
+from modelpull.hashing import PartHasher, PartValues
 from modelpull.objects import RemoteFile
 from modelpull.partfile import PartFile
 from modelpull.state import StateDir
@@ -92,8 +92,8 @@ class _LocalFile:
     def has_part(self, part: int) -> bool:
         return self.complete or part in self.file.done
 
-    def hasher(self) -> PartHasher | None:
-        return self.file.hasher() if self.usable and self.file.fd is not None else None
+    def hasher(self, part: int) -> PartHasher | None:
+        return self.file.hasher(part) if self.usable and self.file.fd is not None else None
 
     def read(self, view: memoryview, offset: int) -> bool:
         if not self.usable:
@@ -118,11 +118,11 @@ class _LocalFile:
             return False
         return True
 
-    def record(self, part: int, crcs: dict[str, int]) -> bool:
+    def record(self, part: int, values: PartValues) -> bool:
         if not self.usable or self.file.fd is None:
             return False
         try:
-            self.file.record(part, crcs)
+            self.file.record(part, values)
         except OSError as exc:
             self._give_up(f"cannot save its journal ({exc})")
             return False
@@ -255,7 +255,11 @@ class Exchange:
         key = (chunk.ref.file, chunk.ref.part)
         local = self._files[chunk.ref.file]
         incoming = self._incoming.get(key)
-        hasher = local.hasher() if incoming is None and chunk.offset == chunk.ref.start else None
+        hasher = (
+            local.hasher(chunk.ref.part)
+            if incoming is None and chunk.offset == chunk.ref.start
+            else None
+        )
         if hasher is not None:
             incoming = _Incoming(hasher, chunk.ref.start)
             self._incoming[key] = incoming
