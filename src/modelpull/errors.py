@@ -2,7 +2,8 @@
 
 Store errors (botocore's, and the TOS SDK's) are translated into this tree in exactly
 one place per backend: :func:`modelpull.backends.boto3.translate` and the TOS backend's
-twin. Every class has a stable exit code in :mod:`modelpull.cli`'s table.
+twin, both over the shared tables in :mod:`modelpull.backends.errors`. Every class has
+a stable exit code in :mod:`modelpull.cli`'s table.
 
 ::
 

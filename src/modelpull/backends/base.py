@@ -2,20 +2,33 @@
 
 A backend translates its SDK's errors into :mod:`modelpull.errors` in one place, so the
 engine never sees botocore or TOS SDK exceptions and never asks which backend it has.
+
+:class:`RangedGetBackend` is what the two SDK backends share: a ranged read is one GET
+(:meth:`~RangedGetBackend.open_range`, the only SDK-specific step), its answer checked
+against the request by :func:`check_range`, then its body streamed into the engine's
+buffer.
 """
 
 from __future__ import annotations
 
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from modelpull.backends.errors import Site, StoreNames
+from modelpull.errors import ObjectChangedError, StoreError, TransientStoreError
 from modelpull.objects import ObjectInfo
 
 __all__ = [
     "Backend",
+    "ByteRange",
     "ChunkSink",
+    "OpenRange",
     "RangeResult",
+    "RangedGetBackend",
+    "check_range",
 ]
 
 # Receives each piece of a range in order; the view is only valid during the call.
@@ -66,3 +79,118 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+# [start, end) of an object; ``None`` asks for all of it (a GET without ``Range``).
+ByteRange = tuple[int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRange:
+    """A GET whose headers have arrived and whose body is still unread.
+
+    ``readinto`` fills a view from the body and returns the byte count (0 at its end),
+    its errors already translated; ``abort`` drops the connection (unread bytes make it
+    unusable); ``release`` hands a fully read connection back to the pool.
+    """
+
+    status: int
+    etag: str | None
+    content_range: str | None
+    content_length: int | None
+    readinto: Callable[[memoryview], int]
+    abort: Callable[[], None]
+    release: Callable[[], None]
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    checksum_type: str | None = None
+
+
+def check_range(answer: OpenRange, obj: ObjectInfo, wanted: ByteRange, site: Site) -> None:
+    """Raise unless ``answer`` is the GET of ``wanted`` bytes of ``obj``'s listed version.
+
+    Stores that ignore ``If-Match`` are caught here by the ETag instead of being
+    stitched together.
+    """
+    start, end = wanted if wanted is not None else (0, obj.size)
+    fields: dict[str, Any] = {"bucket": site.bucket, "key": obj.key, "status": answer.status}
+    etag = str(answer.etag or "").strip('"')
+    if obj.etag and etag and etag != obj.etag:
+        raise ObjectChangedError(
+            f"{site} changed during the pull (ETag {obj.etag} became {etag})",
+            code="ETagMismatch",
+            **fields,
+        )
+    if wanted is not None:
+        # Some stores (rclone) answer a ranged GET with 200 and a Content-Range, so the
+        # range itself is checked, not the status.
+        expected = f"bytes {start}-{end - 1}/{obj.size}"
+        got = answer.content_range
+        if got is None:
+            raise StoreError(f"{site}: the store ignored the Range header", **fields)
+        if got.strip() != expected:
+            raise ObjectChangedError(
+                f"{site}: asked for {expected}, the store sent {got}: it changed", **fields
+            )
+    if answer.content_length is not None and answer.content_length != end - start:
+        raise ObjectChangedError(
+            f"{site}: expected {end - start} bytes, the store sent "
+            f"{answer.content_length}: it changed",
+            **fields,
+        )
+
+
+class RangedGetBackend(ABC):
+    """:meth:`read_range` from one GET per call: the part the SDK backends share.
+
+    A subclass sets :attr:`names` and implements :meth:`open_range`; everything after
+    the GET's headers (the check, the copy into the engine's buffer, the connection's
+    fate) is done here, the same way for every SDK.
+    """
+
+    names: StoreNames
+
+    @abstractmethod
+    def open_range(self, obj: ObjectInfo, bucket: str, wanted: ByteRange) -> OpenRange:
+        """Send the GET for ``wanted`` of ``obj`` with ``If-Match``; errors translated."""
+
+    def read_range(
+        self,
+        obj: ObjectInfo,
+        bucket: str,
+        start: int,
+        end: int,
+        buffer: memoryview,
+        sink: ChunkSink,
+    ) -> RangeResult:
+        """As :meth:`Backend.read_range`; the whole object goes without a ``Range``."""
+        wanted = None if start == 0 and end == obj.size else (start, end)
+        started = time.monotonic()
+        answer = self.open_range(obj, bucket, wanted)
+        first_byte = time.monotonic() - started
+        site = Site(bucket, obj.key, self.names)
+        try:
+            check_range(answer, obj, wanted, site)
+            remaining = end - start
+            while remaining:
+                view = buffer[: min(len(buffer), remaining)]
+                n = answer.readinto(view)
+                if n == 0:
+                    raise TransientStoreError(
+                        f"{site}: body ended {remaining} bytes early",
+                        bucket=bucket,
+                        key=obj.key,
+                        reason="short_body",
+                    )
+                # What the sink raises (a full disk, a stop) is the engine's: not translated.
+                sink(view[:n])
+                remaining -= n
+        except BaseException:
+            answer.abort()
+            raise
+        answer.release()
+        return RangeResult(
+            status=answer.status,
+            first_byte_seconds=first_byte,
+            checksums=answer.checksums,
+            checksum_type=answer.checksum_type,
+        )
