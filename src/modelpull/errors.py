@@ -20,7 +20,8 @@ a stable exit code in :mod:`modelpull.cli`'s table.
     │   ├── AccessDeniedError (PermissionError)   403, bad or missing credentials
     │   ├── EndpointError (ConnectionError)   endpoint unreachable, DNS, TLS, timeouts
     │   ├── ObjectChangedError                the object was replaced during the pull (412)
-    │   ├── TransientStoreError               worth a retry: 5xx, throttling, reset, short body
+    │   ├── TransientStoreError               worth a retry: 5xx, throttling, reset, bad answer
+    │   │   └── RangeIgnoredError             a ranged GET answered with the whole object
     │   └── RetriesExhaustedError             a part failed every attempt of its budget
     ├── IntegrityError                        downloaded bytes do not match a store checksum
     ├── BackendUnavailableError (ImportError) an optional backend's package is not installed
@@ -45,6 +46,7 @@ __all__ = [
     "NotFoundError",
     "ObjectChangedError",
     "ObjectNotFoundError",
+    "RangeIgnoredError",
     "RetriesExhaustedError",
     "StoreError",
     "TransientStoreError",
@@ -158,6 +160,14 @@ class TransientStoreError(StoreError):
     """
 
     retry_after: float | None = None
+
+
+class RangeIgnoredError(TransientStoreError):
+    """A ranged GET came back as ``200`` with the whole object: the store ignored ``Range``.
+
+    Retried like any server fault (``reason`` ``"range_ignored"``); a store that never
+    honours ``Range`` can still serve a GET of the whole object, without one.
+    """
 
 
 class RetriesExhaustedError(StoreError):

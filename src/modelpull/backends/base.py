@@ -11,6 +11,7 @@ buffer.
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -18,7 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelpull.backends.errors import Site, StoreNames
-from modelpull.errors import ObjectChangedError, StoreError, TransientStoreError
+from modelpull.errors import (
+    ObjectChangedError,
+    RangeIgnoredError,
+    TransientStoreError,
+)
 from modelpull.objects import ObjectInfo
 
 __all__ = [
@@ -105,14 +110,44 @@ class OpenRange:
     checksum_type: str | None = None
 
 
+# "bytes FIRST-LAST/TOTAL"; TOTAL may be "*" (unknown), which never fits a listed size.
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+
+
 def check_range(answer: OpenRange, obj: ObjectInfo, wanted: ByteRange, site: Site) -> None:
     """Raise unless ``answer`` is the GET of ``wanted`` bytes of ``obj``'s listed version.
 
-    Stores that ignore ``If-Match`` are caught here by the ETag instead of being
-    stitched together.
+    A response that does not fit the request (its status, ``Content-Range`` or length)
+    is a server fault, :class:`~modelpull.errors.TransientStoreError` with reason
+    ``bad_response``, retried like a 503. A ranged GET answered ``200`` with the whole
+    object and no ``Content-Range`` raises :class:`~modelpull.errors.RangeIgnoredError`
+    (reason ``range_ignored``), so that a caller can tell a store that ignores ``Range``.
+    Only a well-formed response with another ETag than the listed one says the object
+    changed (:class:`~modelpull.errors.ObjectChangedError`): stores that ignore
+    ``If-Match`` are caught here instead of being stitched together.
     """
     start, end = wanted if wanted is not None else (0, obj.size)
     fields: dict[str, Any] = {"bucket": site.bucket, "key": obj.key, "status": answer.status}
+    asked = f"bytes {start}-{end - 1}/{obj.size}"
+
+    def misfit(what: str) -> TransientStoreError:
+        return TransientStoreError(
+            f"{site}: the store's answer does not fit the request ({asked}): {what}",
+            reason="bad_response",
+            **fields,
+        )
+
+    # 200 may answer a range too: rclone sends one with the right Content-Range.
+    if answer.status not in (200, 206):
+        raise misfit(f"status {answer.status}")
+    sent: tuple[int, int, str] | None = None
+    if answer.content_range is not None:
+        match = _CONTENT_RANGE.fullmatch(answer.content_range.strip())
+        if match is None:
+            raise misfit(f"Content-Range {answer.content_range!r}")
+        sent = (int(match[1]), int(match[2]) + 1, match[3])
+        if answer.content_length is not None and answer.content_length != sent[1] - sent[0]:
+            raise misfit(f"Content-Range {answer.content_range} with {answer.content_length} bytes")
     etag = str(answer.etag or "").strip('"')
     if obj.etag and etag and etag != obj.etag:
         raise ObjectChangedError(
@@ -120,23 +155,18 @@ def check_range(answer: OpenRange, obj: ObjectInfo, wanted: ByteRange, site: Sit
             code="ETagMismatch",
             **fields,
         )
-    if wanted is not None:
-        # Some stores (rclone) answer a ranged GET with 200 and a Content-Range, so the
-        # range itself is checked, not the status.
-        expected = f"bytes {start}-{end - 1}/{obj.size}"
-        got = answer.content_range
-        if got is None:
-            raise StoreError(f"{site}: the store ignored the Range header", **fields)
-        if got.strip() != expected:
-            raise ObjectChangedError(
-                f"{site}: asked for {expected}, the store sent {got}: it changed", **fields
+    if sent is None and wanted is not None:
+        if answer.status == 200 and answer.content_length in (None, obj.size):
+            raise RangeIgnoredError(
+                f"{site}: the store ignored the Range header ({asked}) and sent the whole object",
+                reason="range_ignored",
+                **fields,
             )
+        raise misfit("no Content-Range")
+    if sent is not None and sent != (start, end, str(obj.size)):
+        raise misfit(f"Content-Range {answer.content_range}")
     if answer.content_length is not None and answer.content_length != end - start:
-        raise ObjectChangedError(
-            f"{site}: expected {end - start} bytes, the store sent "
-            f"{answer.content_length}: it changed",
-            **fields,
-        )
+        raise misfit(f"{answer.content_length} bytes")
 
 
 class RangedGetBackend(ABC):
