@@ -92,7 +92,7 @@ def run_trial(uri: str, dest: Path, config: PullConfig) -> dict[str, Any]:
     if parsed.scheme == "tos":
         config = tos_compat.adapt_config(config)
         credentials = tos_compat.resolve_credentials(config)
-    backend = TosSdkBackend(config, credentials)
+    backend = TosSdkBackend(config, credentials, scheme=parsed.scheme)
     received = 0
 
     def count(n: int) -> None:

@@ -6,7 +6,7 @@ engine never sees botocore or TOS SDK exceptions and never asks which backend it
 :class:`RangedGetBackend` is what the two SDK backends share: a ranged read is one GET
 (:meth:`~RangedGetBackend.open_range`, the only SDK-specific step), its answer checked
 against the request by :func:`check_range`, then its body streamed into the engine's
-buffer.
+buffer. :func:`tls_verify` is their one reading of the TLS settings.
 """
 
 from __future__ import annotations
@@ -16,15 +16,20 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modelpull.backends.errors import Site, StoreNames
 from modelpull.errors import (
     ObjectChangedError,
     RangeIgnoredError,
     TransientStoreError,
+    UsageError,
 )
 from modelpull.objects import ObjectInfo
+
+if TYPE_CHECKING:
+    from modelpull.config import PullConfig
 
 __all__ = [
     "Backend",
@@ -34,6 +39,7 @@ __all__ = [
     "RangeResult",
     "RangedGetBackend",
     "check_range",
+    "tls_verify",
 ]
 
 # Receives each piece of a range in order; the view is only valid during the call.
@@ -167,6 +173,30 @@ def check_range(answer: OpenRange, obj: ObjectInfo, wanted: ByteRange, site: Sit
         raise misfit(f"Content-Range {answer.content_range}")
     if answer.content_length is not None and answer.content_length != end - start:
         raise misfit(f"{answer.content_length} bytes")
+
+
+def tls_verify(config: PullConfig) -> bool | str:
+    """How to verify TLS: ``False`` when off, a CA bundle's path, or ``True`` (default CAs).
+
+    ``verify_ssl=False`` wins over a ``ca_bundle``, which may come from the environment
+    (``AWS_CA_BUNDLE``) of a shell that asked for no verification. A bundle that cannot
+    be read is refused now, naming the file, rather than reported as a failed handshake
+    at the first request.
+    """
+    if not config.verify_ssl:
+        return False
+    if config.ca_bundle is None:
+        return True
+    path = Path(config.ca_bundle).expanduser()
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read the CA bundle {config.ca_bundle} (--ca-bundle, MODELPULL_CA_BUNDLE "
+            f"or AWS_CA_BUNDLE): {exc.strerror or exc}"
+        ) from None
+    return str(path)
 
 
 class RangedGetBackend(ABC):

@@ -22,14 +22,14 @@ import botocore.session
 import urllib3.exceptions as uexc
 from botocore.config import Config
 
-from modelpull.backends.base import ByteRange, OpenRange, RangedGetBackend
+from modelpull.backends.base import ByteRange, OpenRange, RangedGetBackend, tls_verify
 from modelpull.backends.errors import (
-    S3_NAMES,
     ErrorMap,
     FaultTable,
     Site,
     fault_error,
     fault_of,
+    names_for,
     store_error,
 )
 from modelpull.config import PullConfig
@@ -109,12 +109,19 @@ def translate(exc: BaseException, site: Site) -> ModelPullError:
 
 
 class Boto3Backend(RangedGetBackend):
-    """S3 through botocore; one thread-safe client shared by every worker."""
+    """S3 through botocore; one thread-safe client shared by every worker.
+
+    ``scheme`` is the URI scheme pulled from: ``tos`` makes messages name ``tos://`` and
+    ``TOS_*`` instead of ``s3://`` and ``AWS_*``.
+    """
 
     name = "boto3"
 
-    def __init__(self, config: PullConfig, credentials: Credentials | None = None) -> None:
-        self.names = S3_NAMES
+    def __init__(
+        self, config: PullConfig, credentials: Credentials | None = None, *, scheme: str = "s3"
+    ) -> None:
+        self.names = names_for(scheme)
+        verify = tls_verify(config)
         endpoint = normalize_endpoint(config.endpoint_url) if config.endpoint_url else None
         botocore_config = Config(
             max_pool_connections=config.concurrency + 4,
@@ -128,7 +135,6 @@ class Boto3Backend(RangedGetBackend):
             response_checksum_validation="when_required",
             request_checksum_calculation="when_required",
         )
-        verify: bool | str = config.ca_bundle or config.verify_ssl
         with ErrorMap(translate, self.names, endpoint)(None, None):
             try:
                 # botocore's session directly: boto3's own layer adds only import time here.

@@ -19,6 +19,7 @@ and ``TOS_*``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ __all__ = [
     "causes",
     "fault_error",
     "fault_of",
+    "names_for",
     "retry_after",
     "store_error",
 ]
@@ -84,6 +86,11 @@ TOS_NAMES = StoreNames(
     endpoint="TOS_ENDPOINT",
     region="TOS_REGION and TOS_ENDPOINT",
 )
+
+
+def names_for(scheme: str) -> StoreNames:
+    """The names for a URI scheme: ``tos`` gets TOS's, anything else S3's."""
+    return TOS_NAMES if scheme == "tos" else S3_NAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,26 +252,37 @@ def store_error(
 # --- what broke on the way ----------------------------------------------------------------
 
 FaultKind = Literal[
-    "tls", "connect_timeout", "connect", "timeout", "reset", "short_body", "network"
+    "tls", "plain_http", "connect_timeout", "connect", "timeout", "reset", "short_body", "network"
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Fault:
     """One row of :data:`FAULTS`: the class, and a message over ``where``, ``endpoint``,
-    ``endpoint_var`` (from :class:`StoreNames`), ``exc`` and ``kind`` (its class name).
+    ``http_endpoint`` (the endpoint with ``http://``), ``endpoint_var`` (from
+    :class:`StoreNames`), ``exc`` and ``kind`` (its class name).
 
-    The fault's label is also the error's ``reason``, the retry counter's label.
+    The error's ``reason`` (the retry counter's label) is the fault's own label unless
+    ``reason`` says otherwise.
     """
 
     cls: type[StoreError]
     message: str
+    reason: str | None = None
 
 
 _CHECK_ENDPOINT = "check --endpoint-url / {endpoint_var} and the network"
 FAULTS: Mapping[FaultKind, Fault] = {
     "tls": Fault(
         EndpointError, "TLS verification failed for {where}: use --ca-bundle with the store's CA"
+    ),
+    # "tls" as the reason: retrying cannot help, and only "tls" is spared retries.
+    "plain_http": Fault(
+        EndpointError,
+        "TLS handshake failed for {where}: the endpoint speaks plain HTTP: use "
+        "{http_endpoint} (--endpoint-url / {endpoint_var}; without a scheme, https:// is "
+        "assumed)",
+        reason="tls",
     ),
     "connect_timeout": Fault(EndpointError, "timed out connecting for {where}: " + _CHECK_ENDPOINT),
     "connect": Fault(
@@ -287,20 +305,43 @@ def fault_of(exc: BaseException, table: FaultTable) -> FaultKind | None:
 
 
 def fault_error(kind: FaultKind | None, exc: BaseException, site: Site) -> StoreError:
-    """The error for a transport fault by :data:`FAULTS`; ``None``: nothing known."""
+    """The error for a transport fault by :data:`FAULTS`; ``None``: nothing known.
+
+    A failed TLS handshake whose OpenSSL reason shows a plain-HTTP answer is told as
+    such: the usual cause is an endpoint given without a scheme (``https://`` assumed)
+    in front of an ``http://`` server, which no CA bundle would fix.
+    """
     if kind is None:
         return StoreError(
             f"{site}: unexpected {type(exc).__name__}: {exc}", bucket=site.bucket, key=site.key
         )
+    if kind == "tls" and _plain_http(exc):
+        kind = "plain_http"
     fault = FAULTS[kind]
+    endpoint = site.endpoint or "?"
     text = fault.message.format(
         where=site,
-        endpoint=site.endpoint or "?",
+        endpoint=endpoint,
+        http_endpoint=re.sub(r"^https://", "http://", site.endpoint or "http://HOST:PORT"),
         endpoint_var=site.names.endpoint,
         exc=exc,
         kind=type(exc).__name__,
     )
-    return fault.cls(text, bucket=site.bucket, key=site.key, reason=kind)
+    return fault.cls(text, bucket=site.bucket, key=site.key, reason=fault.reason or kind)
+
+
+# How OpenSSL (1.1 and 3.x) says that the other side answered a ClientHello in plain
+# HTTP. Reason codes, not free text: the TOS SDK wraps every error in "http request ...".
+_PLAIN_HTTP_SIGNS = (
+    "wrong_version_number",
+    "record_layer_failure",
+    "http_request",
+    "packet_length_too_long",
+)
+
+
+def _plain_http(exc: BaseException) -> bool:
+    return any(sign in str(e).lower() for e in causes(exc) for sign in _PLAIN_HTTP_SIGNS)
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:

@@ -30,15 +30,15 @@ from typing import Any
 import boto3
 import urllib3.exceptions as uexc
 
-from modelpull.backends.base import ByteRange, OpenRange, RangedGetBackend
+from modelpull.backends.base import ByteRange, OpenRange, RangedGetBackend, tls_verify
 from modelpull.backends.errors import (
-    TOS_NAMES,
     ErrorMap,
     FaultTable,
     Site,
     causes,
     fault_error,
     fault_of,
+    names_for,
     store_error,
 )
 from modelpull.compat.tos import region_from_endpoint, to_native_endpoint
@@ -142,13 +142,17 @@ class TosSdkBackend(RangedGetBackend):
     """TOS through ``tos.TosClientV2``; one client shared by every worker.
 
     ``config.addressing_style == "path"`` selects the SDK's custom-domain mode, which
-    leaves the bucket out of every URL.
+    leaves the bucket out of every URL. ``scheme`` is the URI scheme pulled from, for
+    messages (``tos://`` and ``TOS_*`` by default).
     """
 
     name = "tos-sdk"
 
-    def __init__(self, config: PullConfig, credentials: Credentials | None = None) -> None:
-        self.names = TOS_NAMES
+    def __init__(
+        self, config: PullConfig, credentials: Credentials | None = None, *, scheme: str = "tos"
+    ) -> None:
+        self.names = names_for(scheme)
+        verify = tls_verify(config)
         if config.endpoint_url:
             endpoint = to_native_endpoint(config.endpoint_url)
         elif config.region:
@@ -177,8 +181,8 @@ class TosSdkBackend(RangedGetBackend):
                 enable_crc=False,
                 connection_time=config.connect_timeout,
                 socket_timeout=config.read_timeout,
-                enable_verify_ssl=config.verify_ssl,
-                ca_crt=config.ca_bundle,
+                enable_verify_ssl=verify is not False,
+                ca_crt=verify if isinstance(verify, str) else None,
                 # The SDK's DNS cache runs a thread of its own; the system resolver will do.
                 dns_cache_time=0,
                 auto_recognize_content_type=False,
