@@ -5,6 +5,11 @@ read with ``wait4``), into a fresh folder, with ``force`` on. Trials are interle
 round by round in a rotated order, so drift on the machine hits every setting alike.
 Each trial's files are hashed afterwards, in this process, and must equal the first
 trial's: a backend that returned other bytes fails the benchmark.
+
+Besides the backends (``boto3``, ``tos-sdk``), one arm is not a backend:
+``tos-sdk-download-file`` runs the TOS SDK's own ``download_file``
+(:mod:`modelpull.bench_sdk`), the path TOS deployments take today, at the same
+concurrency (its ``task_num``) and part size.
 """
 
 from __future__ import annotations
@@ -25,13 +30,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from modelpull.backends import BACKENDS
 from modelpull.config import PullConfig
 from modelpull.errors import BackendUnavailableError, ModelPullError, UsageError
 from modelpull.units import format_size, parse_size
 
-__all__ = ["Setting", "Trial", "config_env", "main_trial", "parse_list", "parse_sizes", "run_bench"]
+__all__ = [
+    "ARMS",
+    "SDK_DOWNLOAD_FILE",
+    "Setting",
+    "Trial",
+    "config_env",
+    "main_trial",
+    "parse_list",
+    "parse_sizes",
+    "run_bench",
+]
 
 STATE_DIR = ".modelpull"
+SDK_DOWNLOAD_FILE = "tos-sdk-download-file"
+# What --backends may name: the backends, and the TOS SDK's own download_file.
+ARMS = (*BACKENDS, SDK_DOWNLOAD_FILE)
 # Passed on to each trial; the settings under test are set per trial.
 _CONNECTION_FIELDS = frozenset(
     {"endpoint_url", "region", "profile", "addressing_style", "ca_bundle", "verify_ssl", "verify"}
@@ -182,7 +201,8 @@ def _chart(rows: Sequence[dict[str, Any]], path: Path) -> None:
         ) from exc
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows)), 4.0))
     labels = [row["label"].replace(" ", "\n", 1) for row in rows]
-    colors = ["tab:blue" if row["backend"] == "boto3" else "tab:orange" for row in rows]
+    palette = {"boto3": "tab:blue", "tos-sdk": "tab:orange"}
+    colors = [palette.get(row["backend"], "tab:green") for row in rows]
     ax.bar(labels, [row["median_mb_per_s"] for row in rows], color=colors)
     ax.set_ylabel("median MB/s")
     ax.set_title("modelpull bench: backends at equal concurrency and part size")
@@ -207,6 +227,9 @@ def run_bench(
     """Run every setting ``rounds`` times, interleaved; write bench.json and bench.png."""
     if rounds < 1:
         raise UsageError("--rounds must be at least 1")
+    unknown = [name for name in backends if name not in ARMS]
+    if unknown:
+        raise UsageError(f"unknown backend {unknown[0]!r}: choose from {', '.join(ARMS)}")
     settings = [
         Setting(b, c, p) for b, c, p in itertools.product(backends, concurrencies, part_sizes)
     ]
@@ -281,31 +304,41 @@ def config_env(config: PullConfig) -> dict[str, str]:
 
 def main_trial(spec_text: str) -> int:
     """One trial, in a child process: pull, then print its numbers as JSON."""
+    spec = json.loads(spec_text)
+    sdk_arm = spec["backend"] == SDK_DOWNLOAD_FILE
+    config = PullConfig.from_env(
+        backend="tos-sdk" if sdk_arm else spec["backend"],
+        concurrency=spec["concurrency"],
+        part_size=spec["part_size"],
+        force=True,
+    )
+    if sdk_arm:
+        from modelpull.bench_sdk import run_trial
+
+        report = run_trial(spec["uri"], Path(spec["dest"]), config)
+    else:
+        report = _pull_trial(spec["uri"], spec["dest"], config)
+    print(json.dumps(report))
+    return 0
+
+
+def _pull_trial(uri: str, dest: str, config: PullConfig) -> dict[str, Any]:
     from modelpull.api import pull
     from modelpull.events import Event, RequestFinished
 
-    spec = json.loads(spec_text)
     latencies: list[float] = []
 
     def collect(event: Event) -> None:
         if isinstance(event, RequestFinished) and event.method == "GET" and event.status[0] == "2":
             latencies.append(event.seconds)
 
-    config = PullConfig.from_env(
-        backend=spec["backend"],
-        concurrency=spec["concurrency"],
-        part_size=spec["part_size"],
-        force=True,
-    )
-    result = pull(spec["uri"], spec["dest"], config=config, observers=[collect])
-    report = {
+    result = pull(uri, dest, config=config, observers=[collect])
+    return {
         "seconds": result.seconds,
         "bytes": result.bytes_downloaded,
         "retries": result.retries,
         "latencies": latencies,
     }
-    print(json.dumps(report))
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Store errors (botocore's, and the TOS SDK's) are translated into this tree in exactly
 one place per backend: :func:`modelpull.backends.boto3.translate` and the TOS backend's
-twin. Every class has a stable exit code in :mod:`modelpull.cli`'s table.
+twin, both over the shared tables in :mod:`modelpull.backends.errors`. Every class has
+a stable exit code in :mod:`modelpull.cli`'s table.
 
 ::
 
@@ -19,7 +20,8 @@ twin. Every class has a stable exit code in :mod:`modelpull.cli`'s table.
     │   ├── AccessDeniedError (PermissionError)   403, bad or missing credentials
     │   ├── EndpointError (ConnectionError)   endpoint unreachable, DNS, TLS, timeouts
     │   ├── ObjectChangedError                the object was replaced during the pull (412)
-    │   ├── TransientStoreError               worth a retry: 5xx, throttling, reset, short body
+    │   ├── TransientStoreError               worth a retry: 5xx, throttling, reset, bad answer
+    │   │   └── RangeIgnoredError             a ranged GET answered with the whole object
     │   └── RetriesExhaustedError             a part failed every attempt of its budget
     ├── IntegrityError                        downloaded bytes do not match a store checksum
     ├── BackendUnavailableError (ImportError) an optional backend's package is not installed
@@ -44,6 +46,7 @@ __all__ = [
     "NotFoundError",
     "ObjectChangedError",
     "ObjectNotFoundError",
+    "RangeIgnoredError",
     "RetriesExhaustedError",
     "StoreError",
     "TransientStoreError",
@@ -157,6 +160,14 @@ class TransientStoreError(StoreError):
     """
 
     retry_after: float | None = None
+
+
+class RangeIgnoredError(TransientStoreError):
+    """A ranged GET came back as ``200`` with the whole object: the store ignored ``Range``.
+
+    Retried like any server fault (``reason`` ``"range_ignored"``); a store that never
+    honours ``Range`` can still serve a GET of the whole object, without one.
+    """
 
 
 class RetriesExhaustedError(StoreError):

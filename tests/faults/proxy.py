@@ -14,6 +14,8 @@ path and ``Range`` and apply one action:
 - :func:`status` — no forwarding; an S3-style XML error, optionally with ``Retry-After``;
 - :func:`flip_byte` — the body with one byte XORed: silent corruption in transit;
 - :func:`set_headers` / :func:`drop_headers` — edit the response headers;
+- :func:`set_status` — another status code on an otherwise forwarded response;
+- :func:`ignore_range` — a ranged answer dressed as a store that ignores ``Range``;
 - :func:`delay` — sleep before the headers and/or between body chunks.
 
 Several rules may fire on one request: header edits, flips and delays add up, and the
@@ -60,17 +62,21 @@ __all__ = [
     "DropHeaders",
     "FaultProxy",
     "FlipByte",
+    "IgnoreRange",
     "RequestRecord",
     "ResetAfter",
     "Rule",
     "SetHeaders",
+    "SetStatus",
     "Status",
     "TruncateAfter",
     "delay",
     "drop_headers",
     "flip_byte",
+    "ignore_range",
     "reset_after",
     "set_headers",
+    "set_status",
     "status",
     "truncate_after",
 ]
@@ -148,6 +154,24 @@ class DropHeaders:
 
 
 @dataclass(frozen=True, slots=True)
+class SetStatus:
+    """Send ``code`` instead of the upstream status; headers and body are forwarded."""
+
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoreRange:
+    """Answer a ranged GET the way a store that ignores ``Range`` would, in its headers.
+
+    ``200``, no ``Content-Range`` and the whole object's ``Content-Length`` (the total
+    upstream's ``Content-Range`` gave). The body is still only the requested part, and
+    the connection closes after it: SigV4 signs ``Range``, so the proxy cannot ask
+    upstream for the whole object. A response without ``Content-Range`` passes as is.
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class Delay:
     """Sleep before sending the headers, and after each body chunk."""
 
@@ -155,7 +179,17 @@ class Delay:
     per_chunk: float = 0.0
 
 
-Action = ResetAfter | TruncateAfter | Status | FlipByte | SetHeaders | DropHeaders | Delay
+Action = (
+    ResetAfter
+    | TruncateAfter
+    | Status
+    | FlipByte
+    | SetHeaders
+    | DropHeaders
+    | SetStatus
+    | IgnoreRange
+    | Delay
+)
 _Terminal = ResetAfter | TruncateAfter | Status
 
 
@@ -196,6 +230,16 @@ def set_headers(headers: Mapping[str, str]) -> SetHeaders:
 def drop_headers(names: Iterable[str]) -> DropHeaders:
     """Remove response headers, e.g. ``["x-amz-checksum-crc32c"]``."""
     return DropHeaders(tuple(names))
+
+
+def set_status(code: int) -> SetStatus:
+    """Another status on a forwarded response, e.g. ``set_status(203)`` on a ranged GET."""
+    return SetStatus(code)
+
+
+def ignore_range() -> IgnoreRange:
+    """A ranged answer that says ``200``, whole object; see :class:`IgnoreRange`."""
+    return IgnoreRange()
 
 
 def delay(seconds_before_headers: float = 0.0, seconds_per_chunk: float = 0.0) -> Delay:
@@ -303,6 +347,8 @@ class _Plan:
     flips: list[FlipByte] = field(default_factory=list)
     set_headers: dict[str, tuple[str, str]] = field(default_factory=dict)
     drop_headers: set[str] = field(default_factory=set)
+    status: int | None = None
+    ignore_range: bool = False
     before_headers: float = 0.0
     per_chunk: float = 0.0
     names: list[str] = field(default_factory=list)
@@ -479,6 +525,10 @@ class FaultProxy:
                         plan.set_headers[name.lower()] = (name, value)
                 elif isinstance(action, DropHeaders):
                     plan.drop_headers.update(name.lower() for name in action.names)
+                elif isinstance(action, SetStatus):
+                    plan.status = action.code
+                elif isinstance(action, IgnoreRange):
+                    plan.ignore_range = True
                 else:
                     plan.before_headers += action.before_headers
                     plan.per_chunk += action.per_chunk
@@ -532,6 +582,14 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         if exc is not None:
             with self.proxy._lock:
                 self.proxy.errors.append(exc)
+
+
+def _whole_size(response: http.client.HTTPResponse) -> int | None:
+    """The object size a ranged response's ``Content-Range`` gives, if it has one."""
+    match = re.fullmatch(
+        r"bytes \d+-\d+/(\d+)", (response.getheader("Content-Range") or "").strip()
+    )
+    return int(match[1]) if match else None
 
 
 class _ClientGone(Exception):
@@ -614,8 +672,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._write_body(body)
             return
         try:
-            record(response.status)
-            self._relay_response(response, plan)
+            whole = _whole_size(response) if plan.ignore_range else None
+            code = plan.status or (200 if whole is not None else response.status)
+            record(code)
+            self._relay_response(response, plan, code, whole)
         finally:
             response.close()
 
@@ -698,8 +758,14 @@ class _Handler(BaseHTTPRequestHandler):
                 send(data)
             n -= len(data)
 
-    def _relay_response(self, response: http.client.HTTPResponse, plan: _Plan) -> None:
-        """Send ``response`` to the client as ``plan`` says."""
+    def _relay_response(
+        self, response: http.client.HTTPResponse, plan: _Plan, code: int, whole: int | None
+    ) -> None:
+        """Send ``response`` to the client as ``plan`` says, with status ``code``.
+
+        ``whole`` (for :class:`IgnoreRange`) is the object's size to claim; the
+        connection is closed after the shorter body.
+        """
         headers = [
             (k, v)
             for k, v in response.getheaders()
@@ -712,7 +778,15 @@ class _Handler(BaseHTTPRequestHandler):
         if chunked:
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
             headers.append(("Transfer-Encoding", "chunked"))
-        self._send_head(response.status, response.reason, plan.edit_headers(headers))
+        if whole is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != "content-range"]
+            if not chunked:
+                headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+                headers.append(("Content-Length", str(whole)))
+        reason = (
+            response.reason if code == response.status else http.client.responses.get(code, "Fault")
+        )
+        self._send_head(code, reason, plan.edit_headers(headers))
 
         terminal = plan.terminal
         limit = terminal.n_bytes if isinstance(terminal, ResetAfter | TruncateAfter) else None
@@ -745,6 +819,8 @@ class _Handler(BaseHTTPRequestHandler):
             # The rest of the upstream body is not wanted; that connection is spoiled.
             self._close_upstream()
             self._abort(rst=isinstance(terminal, ResetAfter))
+        if whole is not None and not chunked:
+            self._abort(rst=False)  # fewer bytes than the Content-Length promised
         if chunked:
             self._write(b"0\r\n\r\n")
         if response.will_close:

@@ -26,8 +26,10 @@ from .proxy import (
     delay,
     drop_headers,
     flip_byte,
+    ignore_range,
     reset_after,
     set_headers,
+    set_status,
     status,
     truncate_after,
 )
@@ -272,6 +274,29 @@ def test_set_and_drop_headers(proxy: FaultProxy, s3: Any) -> None:
     assert got["x-tos-hash-crc64ecma"] == "123"
     assert got["etag"] != '"replaced"'
     assert "last-modified" not in got
+
+
+def test_set_status_keeps_headers_and_body(proxy: FaultProxy, s3: Any) -> None:
+    proxy.add_rule(Rule(set_status(203), method="GET"))
+    response = s3.get_object(Bucket=BUCKET, Key="small", Range="bytes=100-199")
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 203
+    assert response["ContentRange"] == "bytes 100-199/200000"
+    assert response["Body"].read() == SMALL[100:200]
+    assert proxy.log[-1].status == 203
+
+
+def test_ignore_range_claims_the_whole_object(proxy: FaultProxy, s3: Any) -> None:
+    proxy.add_rule(Rule(ignore_range(), method="GET", ranged_only=True))
+    response = s3.get_object(Bucket=BUCKET, Key="small", Range="bytes=100-199")
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert "ContentRange" not in response
+    assert response["ContentLength"] == len(SMALL)
+    # Only the part follows, then the connection closes: a reader sees a short body.
+    with pytest.raises(ResponseStreamingError):
+        response["Body"].read()
+    assert proxy.log[-1].status == 200
+    # A GET without Range passes untouched.
+    assert get(s3) == SMALL
 
 
 def test_delay_before_headers_and_per_chunk(upstream: str) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -17,6 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import modelpull
+from modelpull.backends import make_backend
+from modelpull.backends.tos_sdk import TosSdkBackend
+from modelpull.config import PullConfig
+from modelpull.credentials import Credentials
 from modelpull.demo import RcloneS3Server
 from tests.faults.proxy import FaultProxy
 from tests.helpers import S3Store
@@ -126,9 +133,13 @@ def tls_server(
 
 
 def _cli(
-    server: RcloneS3Server, endpoint: str, dest: Path, *flags: str
+    server: RcloneS3Server,
+    endpoint: str,
+    dest: Path,
+    *flags: str,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = S3Store("rclone", endpoint, server.credentials).env()
+    base = S3Store("rclone", endpoint, server.credentials).env()
     return subprocess.run(
         [
             sys.executable,
@@ -141,7 +152,7 @@ def _cli(
             "1",
             *flags,
         ],
-        env=env,
+        env=base | (env or {}),
         capture_output=True,
         text=True,
         check=False,
@@ -172,6 +183,130 @@ def test_no_verify_ssl_warns(tls_server: tuple[str, Path, RcloneS3Server], tmp_p
     assert "TLS certificate verification is OFF" in proc.stderr
     assert proc.stderr.count("\n") == 1  # one warning, not one per request
     assert (tmp_path / "w.bin").exists()
+
+
+@pytest.mark.parametrize("source", ["--ca-bundle", "AWS_CA_BUNDLE", "MODELPULL_CA_BUNDLE"])
+@pytest.mark.parametrize("what", ["missing", "folder"])
+def test_unreadable_ca_bundle_is_a_usage_error(
+    tls_server: tuple[str, Path, RcloneS3Server], tmp_path: Path, source: str, what: str
+) -> None:
+    endpoint, _, server = tls_server
+    bundle = tmp_path / "ca.pem"
+    if what == "folder":
+        bundle.mkdir()
+    flags = ("--ca-bundle", str(bundle)) if source == "--ca-bundle" else ()
+    env = {} if source == "--ca-bundle" else {source: str(bundle)}
+    proc = _cli(server, endpoint, tmp_path / "out", *flags, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert str(bundle) in proc.stderr and "CA bundle" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreadable_ca_bundle_fails_before_any_request(
+    rclone_store: S3Store, tmp_path: Path
+) -> None:
+    with FaultProxy(rclone_store.endpoint_url) as proxy:
+        for backend in ("boto3", "tos-sdk"):
+            config = PullConfig(
+                endpoint_url=proxy.url,
+                region="cn-beijing",
+                addressing_style="path",
+                ca_bundle=str(tmp_path / "absent.pem"),
+                backend=backend,
+            )
+            with pytest.raises(modelpull.UsageError, match=r"absent\.pem"):
+                modelpull.pull("s3://bucket/m/", tmp_path / "out", config=config)
+        assert proxy.log == []
+
+
+def test_no_verify_ssl_wins_over_a_ca_bundle_from_the_environment(
+    tls_server: tuple[str, Path, RcloneS3Server], tmp_path: Path
+) -> None:
+    endpoint, _, server = tls_server
+    other_ca, _ = _self_signed(tmp_path)  # a readable bundle that does not sign the server
+    env = {"AWS_CA_BUNDLE": str(other_ca)}
+    refused = _cli(server, endpoint, tmp_path / "a", env=env)
+    assert refused.returncode == 5, refused.stderr
+    assert "TLS verification failed" in refused.stderr
+    proc = _cli(server, endpoint, tmp_path / "b", "--no-verify-ssl", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "b" / "w.bin").exists()
+
+
+def test_https_to_a_plain_http_endpoint_says_so(store: S3Store, tmp_path: Path) -> None:
+    # An endpoint without a scheme is taken as https://; these servers speak plain HTTP.
+    host = store.endpoint_url.removeprefix("http://")
+    env = store.env() | {"AWS_ENDPOINT_URL": host}
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelpull", "pull", "s3://bucket/m/", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 5, proc.stderr
+    assert "speaks plain HTTP" in proc.stderr and f"use http://{host}" in proc.stderr
+    assert "AWS_ENDPOINT_URL" in proc.stderr
+    assert "--ca-bundle" not in proc.stderr
+
+
+def _head(backend: Any, bucket: str = "secure", key: str = "m/w.bin") -> BaseException:
+    try:
+        backend.head(bucket, key)
+    except modelpull.ModelPullError as exc:
+        return exc
+    finally:
+        backend.close()
+    raise AssertionError("the HEAD went through")
+
+
+def test_tos_sdk_backend_tls(tls_server: tuple[str, Path, RcloneS3Server], tmp_path: Path) -> None:
+    endpoint, cert, _ = tls_server
+    config = PullConfig(endpoint_url=endpoint, region="cn-beijing", addressing_style="path")
+    failed = _head(TosSdkBackend(config))
+    assert isinstance(failed, modelpull.EndpointError) and failed.reason == "tls"
+    assert "TLS verification failed" in str(failed) and "tos://secure/m/w.bin" in str(failed)
+    # Past the handshake, the server refuses the TOS signature: not an endpoint error.
+    trusted = _head(TosSdkBackend(replace(config, ca_bundle=str(cert))))
+    assert not isinstance(trusted, modelpull.EndpointError), trusted
+    other_ca, _ = _self_signed(tmp_path)
+    unverified = replace(config, ca_bundle=str(other_ca), verify_ssl=False)
+    assert not isinstance(_head(TosSdkBackend(unverified)), modelpull.EndpointError)
+    with pytest.raises(modelpull.UsageError, match=r"absent\.pem"):
+        TosSdkBackend(replace(config, ca_bundle=str(tmp_path / "absent.pem")))
+
+
+def test_tos_sdk_backend_names_a_plain_http_endpoint(rclone_store: S3Store) -> None:
+    host = rclone_store.endpoint_url.removeprefix("http://")
+    config = PullConfig(endpoint_url=host, region="cn-beijing", addressing_style="path")
+    failed = _head(TosSdkBackend(config), "bucket")
+    assert isinstance(failed, modelpull.EndpointError)
+    assert "speaks plain HTTP" in str(failed) and f"use http://{host}" in str(failed)
+    assert "TOS_ENDPOINT" in str(failed)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "named", "not_named"),
+    [("s3", ("s3://", "AWS_ACCESS_KEY_ID"), "TOS_"), ("tos", ("tos://", "TOS_ACCESS_KEY"), "AWS_")],
+)
+def test_errors_name_the_scheme_and_its_variables(
+    rclone_store: S3Store, scheme: str, named: tuple[str, ...], not_named: str
+) -> None:
+    bucket = rclone_store.new_bucket()
+    wrong = Credentials(rclone_store.credentials.access_key, "not-the-secret")
+    denied = _head(make_backend(rclone_store.config(), wrong, scheme=scheme), bucket, "m/x")
+    assert isinstance(denied, modelpull.AccessDeniedError)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = PullConfig(endpoint_url=f"http://127.0.0.1:{sock.getsockname()[1]}")
+        unreachable = _head(make_backend(dead, wrong, scheme=scheme), bucket, "m/x")
+    assert isinstance(unreachable, modelpull.EndpointError)
+    assert ("TOS_ENDPOINT" if scheme == "tos" else "AWS_ENDPOINT_URL") in str(unreachable)
+    for error in (denied, unreachable):
+        assert all(name in str(error) for name in named[:1])
+        assert not_named not in str(error)
+    assert named[1] in str(denied)
 
 
 # -- many processes, one model -----------------------------------------------------------

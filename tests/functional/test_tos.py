@@ -49,6 +49,7 @@ import tos
 import modelpull
 from modelpull.backends.boto3 import Boto3Backend
 from modelpull.backends.tos_sdk import TosSdkBackend
+from modelpull.bench_sdk import download_file
 from modelpull.checksums import CRC_KINDS
 from modelpull.compat import CompatWarning
 from modelpull.compat.tos import config_for_tos, from_sdk, resolve_credentials
@@ -577,18 +578,14 @@ def sdk_config(front: TosFront, **overrides: Any) -> PullConfig:
     return replace(base, **overrides)
 
 
-@pytest.fixture(params=["download_file", "ranged"])
-def sdk_backend(
-    request: pytest.FixtureRequest, front: TosFront, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., TosSdkBackend]:
-    """Make modelpull.pull use the tos-sdk backend, in each of its two modes.
+@pytest.fixture
+def sdk_backend(front: TosFront, monkeypatch: pytest.MonkeyPatch) -> Callable[..., TosSdkBackend]:
+    """Make modelpull.pull use the tos-sdk backend: every part through the engine's GETs."""
 
-    ``download_file`` hands whole files to the SDK where the engine honours
-    ``whole_file``; ``ranged`` sends every part through the engine's ranged GETs.
-    """
-
-    def make(config: PullConfig, credentials: Credentials | None = None) -> TosSdkBackend:
-        return TosSdkBackend(config, credentials, mode=request.param)
+    def make(
+        config: PullConfig, credentials: Credentials | None = None, **options: Any
+    ) -> TosSdkBackend:
+        return TosSdkBackend(config, credentials, **options)
 
     monkeypatch.setattr("modelpull.api.make_backend", make)
     return make
@@ -638,31 +635,30 @@ def test_sdk_backend_verifies_crc64(
         )
 
 
-def test_fetch_file_wraps_download_file(
+def test_download_file_arm_wraps_download_file(
     stand_in: tuple[str, TosFront], front: TosFront, tmp_path: Path
 ) -> None:
     bucket = stand_in[0]
     backend = TosSdkBackend(sdk_config(front))
-    assert backend.whole_file
     key = f"models/llama/{WEIGHTS}"
     try:
         obj = backend.head(bucket, key)
         target = tmp_path / "w.part"
         target.write_bytes(b"stale temp file contents")
         pieces: list[int] = []
-        backend.fetch_file(obj, bucket, target, pieces.append)
+        download_file(backend, obj, bucket, target, pieces.append, part_size=MiB, task_num=4)
     finally:
         backend.close()
     assert target.read_bytes() == FILES[WEIGHTS]
     assert sum(pieces) == obj.size
-    # download_file used part_size ranged GETs with concurrency threads ...
+    # download_file used part_size ranged GETs with task_num threads ...
     ranged = [k for method, k in front.seen if method == "GET" and k == key]
     assert len(ranged) >= 4
     # ... and left neither its .temp file nor its checkpoint behind.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.part"]
 
 
-def test_fetch_file_lets_the_engine_stop_it(
+def test_download_file_arm_stops_when_progress_raises(
     stand_in: tuple[str, TosFront], front: TosFront, tmp_path: Path
 ) -> None:
     class Stop(Exception):
@@ -675,7 +671,9 @@ def test_fetch_file_lets_the_engine_stop_it(
     try:
         obj = backend.head(stand_in[0], f"models/llama/{WEIGHTS}")
         with pytest.raises(Stop):
-            backend.fetch_file(obj, stand_in[0], tmp_path / "w.part", progress)
+            download_file(
+                backend, obj, stand_in[0], tmp_path / "w.part", progress, part_size=MiB, task_num=4
+            )
     finally:
         backend.close()
         # download_file drops the responses of the parts it abandons without closing
@@ -786,3 +784,27 @@ def test_bench_runs_the_tos_sdk_backend(
     assert [(r["backend"], r["concurrency"]) for r in rows] == [("tos-sdk", 2), ("tos-sdk", 4)]
     assert all(r["median_mb_per_s"] > 0 for r in rows)
     assert (tmp_path / "out" / "bench.json").exists()
+
+
+def test_bench_runs_the_sdk_download_file_arm(
+    stand_in: tuple[str, TosFront], front: TosFront, tmp_path: Path
+) -> None:
+    """``tos-sdk-download-file`` runs the SDK's own download_file; its bytes must match."""
+    from modelpull.bench import config_env, run_bench
+
+    env = config_env(sdk_config(front))
+    rows = run_bench(
+        f"tos://{stand_in[0]}/models/llama/",
+        backends=["tos-sdk", "tos-sdk-download-file"],
+        concurrencies=[2],
+        part_sizes=[1 * MiB],
+        rounds=1,
+        out_dir=tmp_path / "out",
+        work_dir=tmp_path,
+        env=env,
+    )
+    assert [r["backend"] for r in rows] == ["tos-sdk", "tos-sdk-download-file"]
+    assert all(r["median_mb_per_s"] > 0 for r in rows)
+    # download_file reached the store with part_size ranged GETs of the weights.
+    weights = [k for method, k in front.seen if method == "GET" and k.endswith(WEIGHTS)]
+    assert len(weights) >= 2 * 4

@@ -16,6 +16,7 @@ import urllib3.exceptions as uexc
 from tos.exceptions import TosClientError, TosServerError
 
 from modelpull import errors
+from modelpull.backends.errors import TOS_NAMES, Site
 from modelpull.backends.tos_sdk import translate
 from modelpull.compat import CompatWarning
 from modelpull.compat import aibrix as ab
@@ -489,6 +490,8 @@ def test_aibrix_cache_layout_and_etag_spelling(tmp_path: Path) -> None:
 
 # --- the TOS SDK's errors --------------------------------------------------------------
 
+SITE = Site("b", "k", TOS_NAMES)
+
 
 def server_error(
     status: int, code: str, request_id: str = "req-1", **headers: str
@@ -519,7 +522,7 @@ def server_error(
 def test_server_errors_keep_status_code_and_request_id(
     status: int, code: str, cls: type[errors.StoreError]
 ) -> None:
-    exc = translate(server_error(status, code), bucket="b", key="k")
+    exc = translate(server_error(status, code), SITE)
     assert type(exc) is cls
     assert isinstance(exc, errors.StoreError)
     assert (exc.status, exc.code, exc.request_id) == (status, code or str(status), "req-1")
@@ -528,7 +531,7 @@ def test_server_errors_keep_status_code_and_request_id(
 
 
 def test_server_error_retry_after() -> None:
-    exc = translate(server_error(503, "SlowDown", **{"retry-after": "3"}), bucket="b", key="k")
+    exc = translate(server_error(503, "SlowDown", **{"retry-after": "3"}), SITE)
     assert isinstance(exc, errors.TransientStoreError)
     assert exc.retry_after == 3.0
 
@@ -584,15 +587,15 @@ def connection_refused() -> rexc.ConnectionError:
 def test_client_errors_are_judged_by_their_cause(
     exc: BaseException, cls: type[errors.StoreError], reason: str
 ) -> None:
-    translated = translate(exc, bucket="b", key="k")
+    translated = translate(exc, SITE)
     assert type(translated) is cls
     assert translated.reason == reason
 
 
 def test_modelpull_errors_pass_through_and_secrets_never_show() -> None:
     own = errors.ObjectChangedError("changed")
-    assert translate(own, bucket="b", key="k") is own
-    other = translate(TosClientError("invalid bucket name"), bucket="b", key="k")
+    assert translate(own, SITE) is own
+    other = translate(TosClientError("invalid bucket name"), SITE)
     assert type(other) is errors.StoreError
     assert re.search(r"invalid bucket name", str(other))
 

@@ -2,20 +2,44 @@
 
 A backend translates its SDK's errors into :mod:`modelpull.errors` in one place, so the
 engine never sees botocore or TOS SDK exceptions and never asks which backend it has.
+
+:class:`RangedGetBackend` is what the two SDK backends share: a ranged read is one GET
+(:meth:`~RangedGetBackend.open_range`, the only SDK-specific step), its answer checked
+against the request by :func:`check_range`, then its body streamed into the engine's
+buffer. :func:`tls_verify` is their one reading of the TLS settings.
 """
 
 from __future__ import annotations
 
+import re
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
+from modelpull.backends.errors import Site, StoreNames
+from modelpull.errors import (
+    ObjectChangedError,
+    RangeIgnoredError,
+    TransientStoreError,
+    UsageError,
+)
 from modelpull.objects import ObjectInfo
+
+if TYPE_CHECKING:
+    from modelpull.config import PullConfig
 
 __all__ = [
     "Backend",
+    "ByteRange",
     "ChunkSink",
+    "OpenRange",
     "RangeResult",
+    "RangedGetBackend",
+    "check_range",
+    "tls_verify",
 ]
 
 # Receives each piece of a range in order; the view is only valid during the call.
@@ -66,3 +90,167 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+# [start, end) of an object; ``None`` asks for all of it (a GET without ``Range``).
+ByteRange = tuple[int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRange:
+    """A GET whose headers have arrived and whose body is still unread.
+
+    ``readinto`` fills a view from the body and returns the byte count (0 at its end),
+    its errors already translated; ``abort`` drops the connection (unread bytes make it
+    unusable); ``release`` hands a fully read connection back to the pool.
+    """
+
+    status: int
+    etag: str | None
+    content_range: str | None
+    content_length: int | None
+    readinto: Callable[[memoryview], int]
+    abort: Callable[[], None]
+    release: Callable[[], None]
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    checksum_type: str | None = None
+
+
+# "bytes FIRST-LAST/TOTAL"; TOTAL may be "*" (unknown), which never fits a listed size.
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+
+
+def check_range(answer: OpenRange, obj: ObjectInfo, wanted: ByteRange, site: Site) -> None:
+    """Raise unless ``answer`` is the GET of ``wanted`` bytes of ``obj``'s listed version.
+
+    A response that does not fit the request (its status, ``Content-Range`` or length)
+    is a server fault, :class:`~modelpull.errors.TransientStoreError` with reason
+    ``bad_response``, retried like a 503. A ranged GET answered ``200`` with the whole
+    object and no ``Content-Range`` raises :class:`~modelpull.errors.RangeIgnoredError`
+    (reason ``range_ignored``), so that a caller can tell a store that ignores ``Range``.
+    Only a well-formed response with another ETag than the listed one says the object
+    changed (:class:`~modelpull.errors.ObjectChangedError`): stores that ignore
+    ``If-Match`` are caught here instead of being stitched together.
+    """
+    start, end = wanted if wanted is not None else (0, obj.size)
+    fields: dict[str, Any] = {"bucket": site.bucket, "key": obj.key, "status": answer.status}
+    asked = f"bytes {start}-{end - 1}/{obj.size}"
+
+    def misfit(what: str) -> TransientStoreError:
+        return TransientStoreError(
+            f"{site}: the store's answer does not fit the request ({asked}): {what}",
+            reason="bad_response",
+            **fields,
+        )
+
+    # 200 may answer a range too: rclone sends one with the right Content-Range.
+    if answer.status not in (200, 206):
+        raise misfit(f"status {answer.status}")
+    sent: tuple[int, int, str] | None = None
+    if answer.content_range is not None:
+        match = _CONTENT_RANGE.fullmatch(answer.content_range.strip())
+        if match is None:
+            raise misfit(f"Content-Range {answer.content_range!r}")
+        sent = (int(match[1]), int(match[2]) + 1, match[3])
+        if answer.content_length is not None and answer.content_length != sent[1] - sent[0]:
+            raise misfit(f"Content-Range {answer.content_range} with {answer.content_length} bytes")
+    etag = str(answer.etag or "").strip('"')
+    if obj.etag and etag and etag != obj.etag:
+        raise ObjectChangedError(
+            f"{site} changed during the pull (ETag {obj.etag} became {etag})",
+            code="ETagMismatch",
+            **fields,
+        )
+    if sent is None and wanted is not None:
+        if answer.status == 200 and answer.content_length in (None, obj.size):
+            raise RangeIgnoredError(
+                f"{site}: the store ignored the Range header ({asked}) and sent the whole object",
+                reason="range_ignored",
+                **fields,
+            )
+        raise misfit("no Content-Range")
+    if sent is not None and sent != (start, end, str(obj.size)):
+        raise misfit(f"Content-Range {answer.content_range}")
+    if answer.content_length is not None and answer.content_length != end - start:
+        raise misfit(f"{answer.content_length} bytes")
+
+
+def tls_verify(config: PullConfig) -> bool | str:
+    """How to verify TLS: ``False`` when off, a CA bundle's path, or ``True`` (default CAs).
+
+    ``verify_ssl=False`` wins over a ``ca_bundle``, which may come from the environment
+    (``AWS_CA_BUNDLE``) of a shell that asked for no verification. A bundle that cannot
+    be read is refused now, naming the file, rather than reported as a failed handshake
+    at the first request.
+    """
+    if not config.verify_ssl:
+        return False
+    if config.ca_bundle is None:
+        return True
+    path = Path(config.ca_bundle).expanduser()
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read the CA bundle {config.ca_bundle} (--ca-bundle, MODELPULL_CA_BUNDLE "
+            f"or AWS_CA_BUNDLE): {exc.strerror or exc}"
+        ) from None
+    return str(path)
+
+
+class RangedGetBackend(ABC):
+    """:meth:`read_range` from one GET per call: the part the SDK backends share.
+
+    A subclass sets :attr:`names` and implements :meth:`open_range`; everything after
+    the GET's headers (the check, the copy into the engine's buffer, the connection's
+    fate) is done here, the same way for every SDK.
+    """
+
+    names: StoreNames
+
+    @abstractmethod
+    def open_range(self, obj: ObjectInfo, bucket: str, wanted: ByteRange) -> OpenRange:
+        """Send the GET for ``wanted`` of ``obj`` with ``If-Match``; errors translated."""
+
+    def read_range(
+        self,
+        obj: ObjectInfo,
+        bucket: str,
+        start: int,
+        end: int,
+        buffer: memoryview,
+        sink: ChunkSink,
+    ) -> RangeResult:
+        """As :meth:`Backend.read_range`; the whole object goes without a ``Range``."""
+        wanted = None if start == 0 and end == obj.size else (start, end)
+        started = time.monotonic()
+        answer = self.open_range(obj, bucket, wanted)
+        first_byte = time.monotonic() - started
+        site = Site(bucket, obj.key, self.names)
+        try:
+            check_range(answer, obj, wanted, site)
+            remaining = end - start
+            while remaining:
+                view = buffer[: min(len(buffer), remaining)]
+                n = answer.readinto(view)
+                if n == 0:
+                    raise TransientStoreError(
+                        f"{site}: body ended {remaining} bytes early",
+                        bucket=bucket,
+                        key=obj.key,
+                        reason="short_body",
+                    )
+                # What the sink raises (a full disk, a stop) is the engine's: not translated.
+                sink(view[:n])
+                remaining -= n
+        except BaseException:
+            answer.abort()
+            raise
+        answer.release()
+        return RangeResult(
+            status=answer.status,
+            first_byte_seconds=first_byte,
+            checksums=answer.checksums,
+            checksum_type=answer.checksum_type,
+        )

@@ -5,14 +5,15 @@ Bodies are read straight from the socket into the engine's buffer (``readinto`` 
 the page cache. botocore's own retries are off: the engine retries per part, from the byte
 it reached, and counts each retry by reason.
 
-:func:`translate` is the one place botocore and urllib3 errors become modelpull's.
+:func:`translate` is the one place botocore and urllib3 errors become modelpull's (the
+store's answers by the shared table in :mod:`modelpull.backends.errors`); the backend
+applies it as a context manager, ``with self._errors(bucket, key):``.
 """
 
 from __future__ import annotations
 
 import http.client
 import socket
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -21,20 +22,19 @@ import botocore.session
 import urllib3.exceptions as uexc
 from botocore.config import Config
 
-from modelpull.backends.base import ChunkSink, RangeResult
+from modelpull.backends.base import ByteRange, OpenRange, RangedGetBackend, tls_verify
+from modelpull.backends.errors import (
+    ErrorMap,
+    FaultTable,
+    Site,
+    fault_error,
+    fault_of,
+    names_for,
+    store_error,
+)
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
-from modelpull.errors import (
-    AccessDeniedError,
-    BucketNotFoundError,
-    EndpointError,
-    ModelPullError,
-    ObjectChangedError,
-    ObjectNotFoundError,
-    StoreError,
-    TransientStoreError,
-    UsageError,
-)
+from modelpull.errors import AccessDeniedError, ModelPullError, UsageError
 from modelpull.objects import ObjectInfo
 from modelpull.uri import normalize_endpoint
 
@@ -48,30 +48,6 @@ _CHECKSUM_HEADERS = {
     "x-amz-checksum-sha256": "sha256",
     "x-tos-hash-crc64ecma": "crc64ecma",
 }
-_TRANSIENT_CODES = {
-    "SlowDown",
-    "RequestTimeout",
-    "InternalError",
-    "ServiceUnavailable",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeTooSkewed",
-    "TooManyRequests",
-    "OperationAborted",
-}
-_DENIED_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidToken",
-    "ExpiredToken",
-    "AllAccessDisabled",
-    "AccountProblem",
-}
-_DENIED_HINT = (
-    "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --profile) "
-    "and that they may read this bucket"
-)
 
 
 def _headers(response: Mapping[str, Any]) -> Mapping[str, str]:
@@ -83,117 +59,69 @@ def _checksums(headers: Mapping[str, str]) -> dict[str, str]:
     return {kind: headers[name] for name, kind in _CHECKSUM_HEADERS.items() if headers.get(name)}
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP-date: rare from object stores, and backoff still applies
+_FAULTS: FaultTable = (
+    ((bexc.SSLError, uexc.SSLError), "tls"),
+    (bexc.ConnectTimeoutError, "connect_timeout"),
+    (bexc.EndpointConnectionError, "connect"),
+    ((bexc.ReadTimeoutError, socket.timeout, uexc.ReadTimeoutError), "timeout"),
+    (
+        (
+            ConnectionError,
+            bexc.ConnectionClosedError,
+            uexc.ProtocolError,
+            http.client.HTTPException,
+            bexc.ResponseStreamingError,
+        ),
+        "reset",
+    ),
+    ((bexc.BotoCoreError, OSError), "network"),
+)
 
 
-def translate(exc: BaseException, *, bucket: str | None, key: str | None) -> ModelPullError:
+def translate(exc: BaseException, site: Site) -> ModelPullError:
     """Map a botocore, urllib3 or socket error to modelpull's tree; never leaks credentials."""
-    where = f"s3://{bucket}/{key or ''}" if bucket else "the store"
     if isinstance(exc, ModelPullError):
         return exc
     if isinstance(exc, bexc.ClientError):
         response: Mapping[str, Any] = exc.response
         error = response.get("Error", {})
         meta = response.get("ResponseMetadata", {})
-        status = meta.get("HTTPStatusCode")
-        code = str(error.get("Code") or status or "Unknown")
-        request_id = error.get("RequestId") or meta.get("RequestId") or None
-        fields: dict[str, Any] = {
-            "bucket": bucket,
-            "key": key,
-            "status": status,
-            "code": code,
-            "request_id": request_id,
-            "reason": code if code in _TRANSIENT_CODES else str(status),
-        }
-        message = str(error.get("Message") or "").strip()
-        if code == "NoSuchBucket":
-            return BucketNotFoundError(f"bucket {bucket!r} does not exist", **fields)
-        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-            return ObjectNotFoundError(f"no object at {where}", **fields)
-        if code in _DENIED_CODES or status == 403:
-            return AccessDeniedError(f"access denied to {where}: {_DENIED_HINT}", **fields)
-        if code in ("PreconditionFailed", "412") or status == 412:
-            return ObjectChangedError(f"{where} changed during the pull (ETag mismatch)", **fields)
-        if code == "InvalidRange" or status == 416:
-            return ObjectChangedError(f"{where} is shorter than listed: it changed", **fields)
-        if code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500):
-            err = TransientStoreError(f"{where}: {code} {message}".strip(), **fields)
-            err.retry_after = _retry_after(meta.get("HTTPHeaders", {}))
-            return err
-        if code in ("PermanentRedirect", "AuthorizationHeaderMalformed") or status == 301:
-            return StoreError(
-                f"{where}: the bucket is in another region; set --region or AWS_REGION", **fields
-            )
-        return StoreError(f"{where}: {code} {message}".strip(), **fields)
+        return store_error(
+            status=meta.get("HTTPStatusCode"),
+            code=error.get("Code"),
+            message=error.get("Message"),
+            request_id=error.get("RequestId") or meta.get("RequestId"),
+            headers=meta.get("HTTPHeaders"),
+            site=site,
+        )
     if isinstance(exc, bexc.NoCredentialsError | bexc.PartialCredentialsError):
         return AccessDeniedError(
-            "no usable credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "choose a --profile, or run where an instance role is available",
-            bucket=bucket,
-            key=key,
+            f"no usable credentials found: {site.names.no_credentials}",
+            bucket=site.bucket,
+            key=site.key,
             code="NoCredentials",
         )
     if isinstance(exc, bexc.ProfileNotFound):
         return UsageError(f"{exc}: check --profile / AWS_PROFILE against ~/.aws/config")
     if isinstance(exc, bexc.ParamValidationError):
-        return UsageError(f"invalid request for {where}: {exc}")
-    if isinstance(exc, bexc.SSLError | uexc.SSLError):
-        return EndpointError(
-            f"TLS verification failed for {where}: use --ca-bundle with the store's CA",
-            bucket=bucket,
-            key=key,
-            reason="tls",
-        )
-    if isinstance(exc, bexc.ConnectTimeoutError):
-        return EndpointError(
-            f"timed out connecting for {where}: check --endpoint-url and the network",
-            bucket=bucket,
-            key=key,
-            reason="connect_timeout",
-        )
-    if isinstance(exc, bexc.EndpointConnectionError):
-        return EndpointError(
-            f"cannot reach the endpoint for {where}: {exc.kwargs.get('endpoint_url', '?')}"
-            " - check --endpoint-url / AWS_ENDPOINT_URL and the network",
-            bucket=bucket,
-            key=key,
-            reason="connect",
-        )
-    if isinstance(exc, bexc.ReadTimeoutError | socket.timeout | uexc.ReadTimeoutError):
-        return TransientStoreError(
-            f"{where}: read timed out", bucket=bucket, key=key, reason="timeout"
-        )
-    if isinstance(
-        exc,
-        ConnectionError
-        | bexc.ConnectionClosedError
-        | uexc.ProtocolError
-        | http.client.HTTPException
-        | bexc.ResponseStreamingError,
-    ):
-        return TransientStoreError(
-            f"{where}: connection broken ({type(exc).__name__})",
-            bucket=bucket,
-            key=key,
-            reason="reset",
-        )
-    if isinstance(exc, bexc.BotoCoreError | OSError):
-        return TransientStoreError(f"{where}: {exc}", bucket=bucket, key=key, reason="network")
-    return StoreError(f"{where}: unexpected {type(exc).__name__}: {exc}", bucket=bucket, key=key)
+        return UsageError(f"invalid request for {site}: {exc}")
+    return fault_error(fault_of(exc, _FAULTS), exc, site)
 
 
-class Boto3Backend:
-    """S3 through botocore; one thread-safe client shared by every worker."""
+class Boto3Backend(RangedGetBackend):
+    """S3 through botocore; one thread-safe client shared by every worker.
+
+    ``scheme`` is the URI scheme pulled from: ``tos`` makes messages name ``tos://`` and
+    ``TOS_*`` instead of ``s3://`` and ``AWS_*``.
+    """
 
     name = "boto3"
 
-    def __init__(self, config: PullConfig, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self, config: PullConfig, credentials: Credentials | None = None, *, scheme: str = "s3"
+    ) -> None:
+        self.names = names_for(scheme)
+        verify = tls_verify(config)
         endpoint = normalize_endpoint(config.endpoint_url) if config.endpoint_url else None
         botocore_config = Config(
             max_pool_connections=config.concurrency + 4,
@@ -207,30 +135,27 @@ class Boto3Backend:
             response_checksum_validation="when_required",
             request_checksum_calculation="when_required",
         )
-        verify: bool | str = config.ca_bundle or config.verify_ssl
-        try:
-            # botocore's session directly: boto3's own layer adds only import time here.
-            session = botocore.session.Session(profile=config.profile)
-            self._client = session.create_client(
-                "s3",
-                endpoint_url=endpoint,
-                region_name=config.region,
-                verify=verify,
-                config=botocore_config,
-                aws_access_key_id=credentials.access_key if credentials else None,
-                aws_secret_access_key=credentials.secret_key if credentials else None,
-                aws_session_token=credentials.token if credentials else None,
-            )
-        except ValueError as exc:  # botocore's "Invalid endpoint" and kin
-            raise UsageError(f"invalid endpoint or region: {exc}") from None
-        except Exception as exc:
-            raise translate(exc, bucket=None, key=None) from exc
+        with ErrorMap(translate, self.names, endpoint)(None, None):
+            try:
+                # botocore's session directly: boto3's own layer adds only import time here.
+                session = botocore.session.Session(profile=config.profile)
+                self._client = session.create_client(
+                    "s3",
+                    endpoint_url=endpoint,
+                    region_name=config.region,
+                    verify=verify,
+                    config=botocore_config,
+                    aws_access_key_id=credentials.access_key if credentials else None,
+                    aws_secret_access_key=credentials.secret_key if credentials else None,
+                    aws_session_token=credentials.token if credentials else None,
+                )
+            except ValueError as exc:  # botocore's "Invalid endpoint" and kin
+                raise UsageError(f"invalid endpoint or region: {exc}") from None
+        self._errors = ErrorMap(translate, self.names, self._client.meta.endpoint_url)
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
-        try:
+        with self._errors(bucket, key):
             response = self._client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-        except Exception as exc:
-            raise translate(exc, bucket=bucket, key=key) from exc
         headers = _headers(response)
         return ObjectInfo(
             key=key,
@@ -242,7 +167,7 @@ class Boto3Backend:
 
     def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
-        try:
+        with self._errors(bucket, prefix):
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
                 for item in page.get("Contents", ()):
                     yield ObjectInfo(
@@ -250,113 +175,44 @@ class Boto3Backend:
                         size=int(item["Size"]),
                         etag=str(item.get("ETag", "")).strip('"'),
                     )
-        except Exception as exc:
-            raise translate(exc, bucket=bucket, key=prefix) from exc
 
-    def read_range(
-        self,
-        obj: ObjectInfo,
-        bucket: str,
-        start: int,
-        end: int,
-        buffer: memoryview,
-        sink: ChunkSink,
-    ) -> RangeResult:
-        whole = start == 0 and end == obj.size
+    def open_range(self, obj: ObjectInfo, bucket: str, wanted: ByteRange) -> OpenRange:
         params: dict[str, Any] = {"Bucket": bucket, "Key": obj.key}
         if obj.etag:
             params["IfMatch"] = f'"{obj.etag}"'
-        if not whole:
-            params["Range"] = f"bytes={start}-{end - 1}"
-        started = time.monotonic()
-        try:
+        if wanted is not None:
+            params["Range"] = f"bytes={wanted[0]}-{wanted[1] - 1}"
+        with self._errors(bucket, obj.key):
             response = self._client.get_object(**params)
-        except Exception as exc:
-            raise translate(exc, bucket=bucket, key=obj.key) from exc
-        first_byte = time.monotonic() - started
         body = response["Body"]
         raw = body._raw_stream
-        try:
-            headers = _headers(response)
-            status = int(response["ResponseMetadata"]["HTTPStatusCode"])
-            self._check_response(obj, bucket, response, start, end, whole)
-            self._stream(body, raw, end - start, buffer, sink)
-        except BaseException as exc:
-            # Unread bytes make the connection unusable for the next request.
-            raw.close()
-            if isinstance(exc, Exception):
-                raise translate(exc, bucket=bucket, key=obj.key) from exc
-            raise
-        raw.release_conn()
-        return RangeResult(
-            status=status,
-            first_byte_seconds=first_byte,
-            checksums=_checksums(headers),
-            checksum_type=headers.get("x-amz-checksum-type"),
-        )
-
-    @staticmethod
-    def _check_response(
-        obj: ObjectInfo,
-        bucket: str,
-        response: Mapping[str, Any],
-        start: int,
-        end: int,
-        whole: bool,
-    ) -> None:
-        where = f"s3://{bucket}/{obj.key}"
-        fields: dict[str, Any] = {
-            "bucket": bucket,
-            "key": obj.key,
-            "status": response["ResponseMetadata"]["HTTPStatusCode"],
-        }
-        etag = str(response.get("ETag", "")).strip('"')
-        # Stores that ignore If-Match are caught here instead of being stitched together.
-        if obj.etag and etag and etag != obj.etag:
-            raise ObjectChangedError(
-                f"{where} changed during the pull (ETag {obj.etag} became {etag})",
-                code="ETagMismatch",
-                **fields,
-            )
-        if not whole:
-            # Some stores (rclone) answer a ranged GET with 200 and a Content-Range, so the
-            # range itself is checked, not the status.
-            expected = f"bytes {start}-{end - 1}/{obj.size}"
-            got = _headers(response).get("content-range")
-            if got is None:
-                raise StoreError(f"{where}: the store ignored the Range header", **fields)
-            if got.strip() != expected:
-                raise ObjectChangedError(
-                    f"{where}: asked for {expected}, the store sent {got}: it changed", **fields
-                )
-        if int(response.get("ContentLength", -1)) != end - start:
-            raise ObjectChangedError(
-                f"{where}: expected {end - start} bytes, the store sent "
-                f"{response.get('ContentLength')}: it changed",
-                **fields,
-            )
-
-    @staticmethod
-    def _stream(body: Any, raw: Any, length: int, buffer: memoryview, sink: ChunkSink) -> None:
         fp = getattr(raw, "_fp", None)
         # http.client's readinto fills our buffer from the socket with no extra copy;
         # urllib3's own readinto reads into a temporary bytes object first.
-        readinto = fp.readinto if isinstance(fp, http.client.HTTPResponse) else None
-        remaining = length
-        while remaining:
-            view = buffer[: min(len(buffer), remaining)]
-            if readinto is not None:
-                n = readinto(view)
-            else:
+        direct = fp.readinto if isinstance(fp, http.client.HTTPResponse) else None
+
+        def readinto(view: memoryview) -> int:
+            with self._errors(bucket, obj.key):
+                if direct is not None:
+                    n: int = direct(view)
+                    return n
                 data = body.read(len(view))
-                n = len(data)
-                view[:n] = data
-            if n == 0:
-                raise TransientStoreError(
-                    f"body ended {remaining} bytes early", reason="short_body"
-                )
-            sink(view[:n])
-            remaining -= n
+            view[: len(data)] = data
+            return len(data)
+
+        headers = _headers(response)
+        length = response.get("ContentLength")
+        return OpenRange(
+            status=int(response["ResponseMetadata"]["HTTPStatusCode"]),
+            etag=response.get("ETag"),
+            content_range=headers.get("content-range"),
+            content_length=None if length is None else int(length),
+            readinto=readinto,
+            abort=raw.close,
+            release=raw.release_conn,
+            checksums=_checksums(headers),
+            checksum_type=headers.get("x-amz-checksum-type"),
+        )
 
     def close(self) -> None:
         self._client.close()

@@ -1,0 +1,120 @@
+"""The TOS SDK's own ``download_file``, as an arm of ``modelpull bench``.
+
+``download_file`` is the path TOS deployments take today: per file, ``task_num``
+threads of ``part_size`` ranged GETs into ``<path>.temp``, a checkpoint beside it, then a
+rename. The bench runs it at the same concurrency and part size as its other arms, file
+by file into the trial's folder, and hashes what it wrote like any other trial's. The
+listing and the client come from the ``tos-sdk`` backend, so both arms of the TOS SDK
+reach the store the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modelpull.backends.errors import ErrorMap
+from modelpull.backends.tos_sdk import TosSdkBackend, translate
+from modelpull.compat import tos as tos_compat
+from modelpull.config import PullConfig
+from modelpull.objects import ObjectInfo
+from modelpull.plan import list_remote
+from modelpull.uri import parse_uri
+
+__all__ = ["ProgressSink", "download_file", "run_trial"]
+
+# Receives the byte count of each piece download_file wrote; it may raise to stop it.
+ProgressSink = Callable[[int], None]
+
+
+def download_file(
+    backend: TosSdkBackend,
+    obj: ObjectInfo,
+    bucket: str,
+    path: Path,
+    progress: ProgressSink,
+    *,
+    part_size: int,
+    task_num: int,
+) -> None:
+    """All of ``obj`` into ``path`` (created or replaced) with the SDK's ``download_file``.
+
+    The SDK writes ``<path>.temp`` with ``task_num`` threads of ``part_size`` ranged
+    GETs, keeps a checkpoint beside it (so a failed or interrupted download resumes from
+    its completed parts on the next call) and renames it to ``path``. ``progress``
+    receives each piece's byte count from the SDK's threads; an exception it raises
+    stops the download and is raised again here unchanged. The SDK's errors become
+    modelpull's, as the backend's do.
+    """
+    raised: list[BaseException] = []
+
+    def listener(consumed: int, total: int, once: int, kind: object) -> None:
+        if once <= 0:
+            return
+        try:
+            progress(once)
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    errors = ErrorMap(translate, backend.names)
+    try:
+        with errors(bucket, obj.key):
+            backend.client.download_file(
+                bucket,
+                obj.key,
+                str(path),
+                if_match=obj.etag or None,
+                part_size=part_size,
+                task_num=task_num,
+                enable_checkpoint=True,
+                data_transfer_listener=listener,
+            )
+    except Exception:
+        if raised:
+            # The SDK wraps what the listener raised; the caller's own signal goes back.
+            raise raised[0] from None
+        raise
+
+
+def run_trial(uri: str, dest: Path, config: PullConfig) -> dict[str, Any]:
+    """Every object under ``uri`` into ``dest`` with :func:`download_file`, timed.
+
+    ``config.concurrency`` is the SDK's ``task_num`` and ``config.part_size`` its
+    ``part_size``; a ``tos://`` URI reads ``TOS_*`` as :func:`modelpull.pull` does.
+    Returns the trial's numbers as ``modelpull bench`` records them (the SDK reports no
+    per-request timings).
+    """
+    parsed = parse_uri(uri)
+    credentials = None
+    if parsed.scheme == "tos":
+        config = tos_compat.adapt_config(config)
+        credentials = tos_compat.resolve_credentials(config)
+    backend = TosSdkBackend(config, credentials, scheme=parsed.scheme)
+    received = 0
+
+    def count(n: int) -> None:
+        nonlocal received
+        received += n
+
+    started = time.monotonic()  # the listing counts, as it does in a pull's time
+    try:
+        files = list_remote(backend, parsed)
+        for remote in files:
+            target = dest / remote.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            download_file(
+                backend,
+                remote.obj,
+                parsed.bucket,
+                target,
+                count,
+                part_size=config.part_size,
+                task_num=config.concurrency,
+            )
+        seconds = time.monotonic() - started
+    finally:
+        backend.close()
+    return {"seconds": seconds, "bytes": received, "retries": {}, "latencies": []}
