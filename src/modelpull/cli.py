@@ -285,7 +285,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         if args.verbose or args.log_format == "json":
             observers.append(LogObserver())
         if args.metrics_port is not None or args.metrics_file is not None:
-            from modelpull.observe.metrics import export_metrics  # the [metrics] extra
+            from modelpull.observe.export import export_metrics  # the [metrics] extra
 
             metrics = export_metrics(
                 backend=config.backend,

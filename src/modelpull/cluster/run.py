@@ -40,7 +40,6 @@ from typing import Any
 from modelpull.backends import make_backend
 from modelpull.backends.base import Backend
 from modelpull.cluster.coord import Coordinator, KVStore, StoreLost
-from modelpull.cluster.errors import ClusterError
 from modelpull.cluster.exchange import Exchange
 from modelpull.cluster.inventory import local_state, make_plan
 from modelpull.cluster.options import MIN_CHUNK_SIZE, ClusterOptions
@@ -68,7 +67,12 @@ from modelpull.compat import tos as tos_compat
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.engine import Engine
-from modelpull.errors import DestinationError, InterruptedPullError, ModelPullError
+from modelpull.errors import (
+    ClusterError,
+    DestinationError,
+    InterruptedPullError,
+    ModelPullError,
+)
 from modelpull.events import (
     Event,
     FileDone,
@@ -120,7 +124,7 @@ def pull_distributed(
     environment; ``options`` replaces them whole. Other arguments are
     :func:`modelpull.pull`'s. Raises :class:`~modelpull.errors.ModelPullError`
     subclasses only: :class:`~modelpull.errors.BackendUnavailableError` without torch,
-    :class:`~modelpull.cluster.errors.ClusterError` when the cluster cannot finish.
+    :class:`~modelpull.errors.ClusterError` when the cluster cannot finish.
     """
     require_torch()
     opts = (
