@@ -283,6 +283,7 @@ def main_trial(spec_text: str) -> int:
     """One trial, in a child process: pull, then print its numbers as JSON."""
     from modelpull.api import pull
     from modelpull.events import Event, RequestFinished
+    from modelpull.resolve import resolve
 
     spec = json.loads(spec_text)
     latencies: list[float] = []
@@ -291,13 +292,9 @@ def main_trial(spec_text: str) -> int:
         if isinstance(event, RequestFinished) and event.method == "GET" and event.status[0] == "2":
             latencies.append(event.seconds)
 
-    config = PullConfig.from_env(
-        backend=spec["backend"],
-        concurrency=spec["concurrency"],
-        part_size=spec["part_size"],
-        force=True,
-    )
-    result = pull(spec["uri"], spec["dest"], config=config, observers=[collect])
+    setting = {k: spec[k] for k in ("backend", "concurrency", "part_size")}
+    with resolve(spec["uri"], overrides={**setting, "force": True}) as target:
+        result = pull(target, spec["dest"], observers=[collect])
     report = {
         "seconds": result.seconds,
         "bytes": result.bytes_downloaded,

@@ -64,7 +64,7 @@ from modelpull.retry import RetryPolicy, retry_events
 from modelpull.state import Record, StateDir
 from modelpull.workqueue import WorkQueue
 
-__all__ = ["Engine", "StopSignal", "split_parts"]
+__all__ = ["Engine", "split_parts"]
 
 log = logging.getLogger("modelpull")
 
@@ -580,14 +580,6 @@ class Engine:
         if job.lock is not None:
             job.lock.release()
             job.lock = None
-
-
-class StopSignal(KeyboardInterrupt):
-    """Raised in the main thread by a SIGTERM handler, so SIGTERM stops a pull like Ctrl-C."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
 
 
 class _Stopped(Exception):

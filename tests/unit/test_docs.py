@@ -1,4 +1,5 @@
-"""Texts that must agree with code: the metrics listed in docs/metrics.md."""
+"""Texts that code writes or that must agree with code: the README's exit codes and the
+metrics listed in docs/metrics.md."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from modelpull.cli.exits import EXIT_CODES, exit_codes_epilog, exit_codes_markdown
 from modelpull.events import (
     Event,
     FileVerified,
@@ -17,7 +19,20 @@ from modelpull.events import (
 from modelpull.observe.metrics import MetricsObserver
 
 ROOT = Path(__file__).parents[2]
+README = ROOT / "README.md"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
+
+
+def test_readme_exit_codes_are_the_code_table() -> None:
+    # Regenerate: python -c 'from modelpull.cli.exits import exit_codes_markdown as m; print(m())'
+    assert exit_codes_markdown() in README.read_text(encoding="utf-8")
+
+
+def test_every_exit_code_is_in_the_epilog_and_the_table() -> None:
+    for entry in EXIT_CODES:
+        assert f"{entry.code} {entry.meaning}" in exit_codes_epilog()
+        assert f"| {entry.code} | {entry.meaning} |" in exit_codes_markdown()
+    assert "| 130 / 143 |" in exit_codes_markdown()
 
 
 def documented_metrics() -> dict[str, tuple[str, frozenset[str]]]:

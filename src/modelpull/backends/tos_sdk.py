@@ -35,7 +35,6 @@ import boto3
 import urllib3.exceptions as uexc
 
 from modelpull.backends.base import ChunkSink, RangeResult
-from modelpull.compat.tos import region_from_endpoint, to_native_endpoint
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import (
@@ -51,6 +50,7 @@ from modelpull.errors import (
     UsageError,
 )
 from modelpull.objects import ObjectInfo
+from modelpull.uri import region_from_endpoint
 
 try:
     import requests.exceptions as rexc
@@ -262,7 +262,7 @@ class TosSdkBackend:
         self.whole_file = mode == "download_file"
         self._config = config
         if config.endpoint_url:
-            endpoint = to_native_endpoint(config.endpoint_url)
+            endpoint = config.endpoint_url  # native form: resolve() maps it
         elif config.region:
             endpoint = f"https://tos-{config.region}.volces.com"
         else:
