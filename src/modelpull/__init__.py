@@ -5,7 +5,7 @@
 """
 
 from modelpull._version import __version__
-from modelpull.api import list_objects, pull
+from modelpull.api import list_objects, pull, pull_files
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import (
@@ -30,6 +30,7 @@ from modelpull.errors import (
     UsageError,
 )
 from modelpull.objects import ObjectInfo, RemoteFile
+from modelpull.resolve import Target, resolve
 from modelpull.results import FileOutcome, PullResult
 
 __all__ = [
@@ -55,10 +56,13 @@ __all__ = [
     "RemoteFile",
     "RetriesExhaustedError",
     "StoreError",
+    "Target",
     "TransientStoreError",
     "UnsafePathError",
     "UsageError",
     "__version__",
     "list_objects",
     "pull",
+    "pull_files",
+    "resolve",
 ]

@@ -18,25 +18,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import logging
 import os
-import signal
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 from filelock import FileLock
 
 from modelpull import errors
-from modelpull.api import list_objects, pull
-from modelpull.cli import exit_code
+from modelpull.api import list_objects, pull_files
+from modelpull.cli.exits import Parser, run_command
 from modelpull.compat import CompatWarning
 from modelpull.compat.aibrix import (
     AibrixCache,
@@ -46,7 +43,6 @@ from modelpull.compat.aibrix import (
     suffix_globs,
     to_pull,
 )
-from modelpull.engine import StopSignal
 from modelpull.events import Observer
 from modelpull.observe.progress import ProgressDisplay
 from modelpull.plan import select
@@ -59,10 +55,8 @@ __all__ = ["DownloadReport", "build_parser", "download_model", "main"]
 log = logging.getLogger("modelpull")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"modelpull.aibrix: error: {message}\n")
+class _Parser(Parser):
+    tool = "modelpull.aibrix"
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -116,29 +110,18 @@ class DownloadReport:
     already_present: int
 
 
-class _AibrixLocks:
+@contextlib.contextmanager
+def _aibrix_locks(cache: AibrixCache, paths: Sequence[str]) -> Iterator[None]:
     """AIBrix's per-file locks, held while the files are pulled, as AIBrix holds them.
 
     AIBrix reports a model as "downloading" while one of these is held by someone.
     """
-
-    def __init__(self, cache: AibrixCache, paths: Sequence[str]) -> None:
-        self._locks = [FileLock(cache.lock_path(p)) for p in paths]
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self) -> _AibrixLocks:
-        for lock in self._locks:
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            lock = FileLock(cache.lock_path(path))
             Path(lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
-            self._stack.enter_context(lock)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stack.close()
+            stack.enter_context(lock)
+        yield
 
 
 def download_model(
@@ -165,44 +148,37 @@ def download_model(
             f"{exc}; modelpull.aibrix handles s3:// and tos:// URIs - keep aibrix.downloader "
             "for Hugging Face models"
         ) from None
-    target = model_dir(local_dir or settings.local_dir, model_name or infer_model_name(model_uri))
+    dest = model_dir(local_dir or settings.local_dir, model_name or infer_model_name(model_uri))
     plan = to_pull(settings, uri, env)
-    files = list_objects(model_uri, config=plan.config, credentials=plan.credentials)
-    # AIBrix filters by suffix only when the URI is a folder; a file URI is pulled as is.
-    single = not uri.is_folder and len(files) == 1 and files[0].obj.key == uri.key
-    include = (
-        suffix_globs(settings.allow_file_suffix)
-        if settings.allow_file_suffix is not None and not single
-        else None
-    )
-    selected = select(files, include)
-    cache = AibrixCache(target, uri.scheme)
-    done = (
-        set()
-        if plan.force
-        else {f.path for f in selected if cache.is_complete(f.path, f.obj.size, f.obj.etag)}
-    )
-    todo = [f for f in selected if f.path not in done]
-    with (
-        _AibrixLocks(cache, [f.path for f in todo]),
-        ProgressDisplay(enabled=enable_progress_bar) as progress,
-    ):
-        result = pull(
-            model_uri,
-            target,
-            include=include,
-            exclude=[glob.escape(path) for path in sorted(done)] or None,
-            config=plan.config,
-            credentials=plan.credentials,
-            observers=[*observers, progress],
+    with plan.target as target:
+        files = list_objects(target)
+        # AIBrix filters by suffix only when the URI is a folder; a file URI is pulled as is.
+        single = not uri.is_folder and len(files) == 1 and files[0].obj.key == uri.key
+        include = (
+            suffix_globs(settings.allow_file_suffix)
+            if settings.allow_file_suffix is not None and not single
+            else None
         )
-        # Written while the locks are held, as AIBrix does: "downloaded" is then final.
-        quoted = cache.etag_quoted(settings.tos_version)
-        etags = {f.path: f.obj.etag for f in todo}
-        for outcome in result.files:
-            if outcome.status in ("fetched", "skipped") and outcome.path in etags:
-                cache.mark_complete(outcome.path, etags[outcome.path], quoted=quoted)
-    return DownloadReport(path=target, result=result, already_present=len(done))
+        selected = select(files, include)
+        cache = AibrixCache(dest, uri.scheme)
+        done = (
+            set()
+            if plan.force
+            else {f.path for f in selected if cache.is_complete(f.path, f.obj.size, f.obj.etag)}
+        )
+        todo = [f for f in selected if f.path not in done]
+        with (
+            _aibrix_locks(cache, [f.path for f in todo]),
+            ProgressDisplay(enabled=enable_progress_bar) as progress,
+        ):
+            result = pull_files(target, todo, dest, observers=[*observers, progress])
+            # Written while the locks are held, as AIBrix does: "downloaded" is then final.
+            quoted = cache.etag_quoted(settings.tos_version)
+            etags = {f.path: f.obj.etag for f in todo}
+            for outcome in result.files:
+                if outcome.status in ("fetched", "skipped") and outcome.path in etags:
+                    cache.mark_complete(outcome.path, etags[outcome.path], quoted=quoted)
+    return DownloadReport(path=dest, result=result, already_present=len(done))
 
 
 def _show_warning(
@@ -216,10 +192,6 @@ def _show_warning(
     log.warning("%s", message)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise StopSignal(signum)
-
-
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("modelpull.aibrix: %(levelname)s: %(message)s"))
@@ -228,32 +200,19 @@ def _setup_logging() -> None:
     log.propagate = False
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m modelpull.aibrix``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    _setup_logging()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+def _download(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    try:
-        with warnings.catch_warnings():
-            # Each setting modelpull cannot honour is said once, as a log line.
-            warnings.simplefilter("default", CompatWarning)
-            warnings.showwarning = _show_warning
-            report = download_model(
-                args.model_uri,
-                args.local_dir,
-                args.model_name,
-                args.download_extra_config,
-                args.enable_progress_bar,
-            )
-    except (errors.ModelPullError, KeyboardInterrupt) as exc:
-        message = str(exc) or type(exc).__name__
-        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, errors.ModelPullError):
-            message = "interrupted; run the same command again to resume"
-        print(f"modelpull.aibrix: error: {message}", file=sys.stderr)
-        return exit_code(exc)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with warnings.catch_warnings():
+        # Each setting modelpull cannot honour is said once, as a log line.
+        warnings.simplefilter("default", CompatWarning)
+        warnings.showwarning = _show_warning
+        report = download_model(
+            args.model_uri,
+            args.local_dir,
+            args.model_name,
+            args.download_extra_config,
+            args.enable_progress_bar,
+        )
     result = report.result
     print(
         f"downloaded {result.uri} to {report.path}: {result.files_fetched} files fetched "
@@ -262,6 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"in {time.monotonic() - started:.1f}s"
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m modelpull.aibrix``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    return run_command(_Parser.tool, lambda: _download(args))
 
 
 if __name__ == "__main__":

@@ -1,53 +1,40 @@
-"""The Python API: :func:`pull` and :func:`list_objects`."""
+"""The Python API: :func:`pull`, :func:`pull_files` and :func:`list_objects`.
+
+Each takes a URI (resolved here, see :mod:`modelpull.resolve`) or a
+:class:`~modelpull.resolve.Target` resolved by the caller, and a ready backend when the
+caller has one (``backend=``: used as it is, never closed here).
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelpull.backends import make_backend
-from modelpull.compat import tos as tos_compat
+from modelpull.backends.base import Backend
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
-from modelpull.engine import Engine
 from modelpull.errors import DestinationError
-from modelpull.events import (
-    Observer,
-    PullFinished,
-    PullStarted,
-)
+from modelpull.events import Observer, PullFinished, PullStarted
 from modelpull.objects import RemoteFile
-from modelpull.plan import list_remote, select
+from modelpull.plan import check_files, list_remote, select
+from modelpull.resolve import Target, resolved
 from modelpull.results import FileOutcome, PullResult
-from modelpull.retry import RetryPolicy, retry_events
+from modelpull.retry import OnRetry, RetryPolicy, retry_events
 from modelpull.tally import Tally, dispatcher
-from modelpull.uri import parse_uri
+from modelpull.transfer import make_dest, transfer
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["list_objects", "pull"]
+    from modelpull.cluster.options import ClusterOptions
 
-log = logging.getLogger("modelpull")
+__all__ = ["list_objects", "pull", "pull_files"]
 
-
-def _for_scheme(
-    scheme: str, config: PullConfig | None, credentials: Credentials | None
-) -> tuple[PullConfig, Credentials | None]:
-    """The config and credentials for a URI's store; ``TOS_*`` variables are read now.
-
-    For ``tos://``: ``TOS_ENDPOINT``/``TOS_REGION`` rank above ``AWS_*`` (a config passed
-    in keeps what it sets), a native endpoint is mapped to S3, addressing ``auto`` becomes
-    ``virtual``, and ``TOS_ACCESS_KEY``/``TOS_SECRET_KEY`` come before boto3's chain.
-    """
-    if scheme != "tos":
-        return (config if config is not None else PullConfig.from_env()), credentials
-    cfg = tos_compat.config_for_tos() if config is None else tos_compat.adapt_config(config)
-    return cfg, tos_compat.resolve_credentials(cfg, credentials)
+# What a pull fetches, chosen once its retry policy and reporting are in place.
+_Choose = Callable[[RetryPolicy, OnRetry], Sequence[RemoteFile]]
 
 
 def _check_dest(dest: Path) -> None:
@@ -67,89 +54,54 @@ def _check_dest(dest: Path) -> None:
         )
 
 
-def pull(
-    uri: str,
+def _with_metrics(
+    observers: Sequence[Observer], registry: CollectorRegistry | None, target: Target
+) -> list[Observer]:
+    if registry is None:
+        return list(observers)
+    from modelpull.observe.metrics import MetricsObserver  # the [metrics] extra
+
+    metrics = MetricsObserver(registry, backend=target.backend_name, bucket=target.bucket)
+    return [*observers, metrics]
+
+
+def _run(
+    target: Target,
     dest: str | os.PathLike[str],
-    *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    config: PullConfig | None = None,
-    credentials: Credentials | None = None,
-    observers: Sequence[Observer] = (),
-    registry: CollectorRegistry | None = None,
-    distributed: bool = False,
+    observers: Sequence[Observer],
+    registry: CollectorRegistry | None,
+    choose: _Choose,
 ) -> PullResult:
-    """Pull the object or folder at ``uri`` into the folder ``dest``.
-
-    ``include``/``exclude`` are globs on the path relative to the URI's folder. ``config``
-    defaults to :meth:`PullConfig.from_env` (read now). Files already complete in
-    ``dest`` (same ETag and size as recorded) are skipped unless ``config.force``.
-    ``observers`` receive :mod:`modelpull.events` from worker threads. ``registry``
-    (default: none) records the pull's Prometheus metrics there, adding to those of
-    earlier pulls on it (needs the ``[metrics]`` extra; see ``docs/metrics.md``).
-    ``distributed=True`` runs this call as one rank of a job started by torchrun (or any
-    launcher that sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``):
-    each byte is fetched once per cluster and shared between nodes; see
-    :func:`modelpull.cluster.pull_distributed` (the ``[distributed]`` extra).
-    Raises :class:`~modelpull.errors.ModelPullError` subclasses only.
-    """
-    parsed = parse_uri(uri)
-    cfg, credentials = _for_scheme(parsed.scheme, config, credentials)
-    target = Path(dest)
-    _check_dest(target)
-    if registry is not None:
-        from modelpull.observe.metrics import MetricsObserver  # the [metrics] extra
-
-        metrics = MetricsObserver(registry, backend=cfg.backend, bucket=parsed.bucket)
-        observers = [*observers, metrics]
-    if distributed:
-        from modelpull.cluster import pull_distributed
-
-        return pull_distributed(
-            uri,
-            dest,
-            include=include,
-            exclude=exclude,
-            config=cfg,
-            credentials=credentials,
-            observers=observers,
-        )
+    """One pull: choose the files, fetch them, report; ``PullFinished`` whatever happens."""
+    folder = Path(dest)
+    _check_dest(folder)
     started = time.monotonic()
     tally = Tally()
-    emit = dispatcher([tally, *observers])
-    backend = make_backend(cfg, credentials)
+    emit = dispatcher([tally, *_with_metrics(observers, registry, target)])
+    policy = RetryPolicy.from_config(target.config)
     outcomes: list[FileOutcome] = []
     ok = False
     try:
-        policy = RetryPolicy.from_config(cfg)
-        listed = policy.call(lambda: list_remote(backend, parsed), on_retry=retry_events(emit))
-        files = select(listed, include, exclude)
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DestinationError(
-                f"cannot create {target}: {exc.strerror or exc}", errno=exc.errno
-            ) from exc
-        engine = Engine(backend, cfg, emit, retry=policy)
+        files = choose(policy, retry_events(emit))
+        make_dest(folder)
         emit(
             PullStarted(
-                backend=backend.name,
-                bucket=parsed.bucket,
+                backend=target.backend.name,
+                bucket=target.bucket,
                 files=len(files),
                 bytes=sum(f.obj.size for f in files),
             )
         )
-        outcomes = engine.run(parsed.bucket, files, target)
+        outcomes = transfer(target, files, folder, emit, retry=policy)
         ok = True
     finally:
         seconds = time.monotonic() - started
         fetched = sum(1 for o in outcomes if o.status == "fetched")
         emit(PullFinished(files=fetched, bytes=tally.bytes, seconds=seconds, ok=ok))
-        backend.close()
     return PullResult(
-        uri=uri,
-        dest=str(target),
-        backend=backend.name,
+        uri=str(target.uri),
+        dest=str(folder),
+        backend=target.backend_name,
         files_fetched=fetched,
         files_skipped=sum(1 for o in outcomes if o.status == "skipped"),
         bytes_downloaded=tally.bytes,
@@ -158,21 +110,100 @@ def pull(
         retries=dict(tally.retries),
         checksums_verified=dict(tally.verified),
         bytes_resumed=tally.resumed,
-        config=cfg.describe(),
+        config=target.config.describe(),
     )
 
 
-def list_objects(
-    uri: str,
+def pull(
+    uri: str | Target,
+    dest: str | os.PathLike[str],
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    config: PullConfig | None = None,
+    credentials: Credentials | None = None,
+    backend: Backend | None = None,
+    observers: Sequence[Observer] = (),
+    registry: CollectorRegistry | None = None,
+    distributed: bool | ClusterOptions = False,
+) -> PullResult:
+    """Pull the object or folder at ``uri`` into the folder ``dest``.
+
+    ``uri`` is a URI or a :class:`~modelpull.resolve.Target` (then leave ``config``,
+    ``credentials`` and ``backend`` out: the target holds them). ``include``/``exclude``
+    are globs on the path relative to the URI's folder. ``config`` defaults to
+    :meth:`PullConfig.from_env` (read now). ``backend`` (default: one made from the
+    config, closed at the end) is used as it is and left open. Files already complete in
+    ``dest`` (same ETag and size as recorded) are skipped unless ``config.force``.
+    ``observers`` receive :mod:`modelpull.events` from worker threads. ``registry``
+    (default: none) records the pull's Prometheus metrics there, adding to those of
+    earlier pulls on it (needs the ``[metrics]`` extra; see ``docs/metrics.md``).
+    ``distributed=True`` runs this call as one rank of a job started by torchrun (or any
+    launcher that sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``):
+    each byte is fetched once per cluster and shared between nodes; see
+    :func:`modelpull.cluster.pull_distributed` (the ``[distributed]`` extra). A
+    :class:`~modelpull.cluster.ClusterOptions` there instead of ``True`` sets its
+    timeout and fallback (default: read from the environment).
+    Raises :class:`~modelpull.errors.ModelPullError` subclasses only.
+    """
+    with resolved(uri, config, credentials, backend) as target:
+        if distributed is not False:
+            from modelpull.cluster import pull_distributed
+
+            # DEST is checked there, once expanded ({rank}) and after joining, so that the
+            # other ranks hear of a bad one at once instead of timing out.
+            return pull_distributed(
+                target,
+                dest,
+                include=include,
+                exclude=exclude,
+                observers=_with_metrics(observers, registry, target),
+                options=None if distributed is True else distributed,
+            )
+
+        def listing(policy: RetryPolicy, on_retry: OnRetry) -> list[RemoteFile]:
+            listed = policy.call(lambda: list_remote(target.backend, target.uri), on_retry=on_retry)
+            return select(listed, include, exclude)
+
+        return _run(target, dest, observers, registry, listing)
+
+
+def pull_files(
+    uri: str | Target,
+    files: Sequence[RemoteFile],
+    dest: str | os.PathLike[str],
     *,
     config: PullConfig | None = None,
     credentials: Credentials | None = None,
+    backend: Backend | None = None,
+    observers: Sequence[Observer] = (),
+    registry: CollectorRegistry | None = None,
+) -> PullResult:
+    """Pull ``files``, already listed under ``uri``, into ``dest``: :func:`pull` without
+    its listing.
+
+    ``files`` come from :func:`list_objects` (the same URI), kept or dropped as the
+    caller likes; each lands at its ``path`` under ``dest``. Their paths are checked
+    again (relative, normalised, no file inside another), since a caller may have made
+    them. Every other argument is :func:`pull`'s. Files already complete are skipped
+    unless ``config.force``, as in :func:`pull`.
+    """
+    chosen = check_files(files)
+    with resolved(uri, config, credentials, backend) as target:
+        return _run(target, dest, observers, registry, lambda policy, on_retry: chosen)
+
+
+def list_objects(
+    uri: str | Target,
+    *,
+    config: PullConfig | None = None,
+    credentials: Credentials | None = None,
+    backend: Backend | None = None,
 ) -> list[RemoteFile]:
-    """The files :func:`pull` would consider for ``uri``, sorted by relative path."""
-    parsed = parse_uri(uri)
-    cfg, credentials = _for_scheme(parsed.scheme, config, credentials)
-    backend = make_backend(cfg, credentials)
-    try:
-        return list_remote(backend, parsed)
-    finally:
-        backend.close()
+    """The files :func:`pull` would consider for ``uri``, sorted by relative path.
+
+    Transient failures are retried as a pull's listing is. Arguments are :func:`pull`'s.
+    """
+    with resolved(uri, config, credentials, backend) as target:
+        policy = RetryPolicy.from_config(target.config)
+        return policy.call(lambda: list_remote(target.backend, target.uri))

@@ -33,6 +33,7 @@ from typing import Any, TextIO
 from modelpull.backends import BACKENDS
 from modelpull.config import PullConfig
 from modelpull.errors import BackendUnavailableError, ModelPullError, UsageError
+from modelpull.resolve import Target
 from modelpull.units import format_size, parse_size
 
 __all__ = [
@@ -304,25 +305,28 @@ def config_env(config: PullConfig) -> dict[str, str]:
 
 def main_trial(spec_text: str) -> int:
     """One trial, in a child process: pull, then print its numbers as JSON."""
+    from modelpull.resolve import resolve
+
     spec = json.loads(spec_text)
     sdk_arm = spec["backend"] == SDK_DOWNLOAD_FILE
-    config = PullConfig.from_env(
-        backend="tos-sdk" if sdk_arm else spec["backend"],
-        concurrency=spec["concurrency"],
-        part_size=spec["part_size"],
-        force=True,
-    )
-    if sdk_arm:
-        from modelpull.bench_sdk import run_trial
+    setting = {
+        "backend": "tos-sdk" if sdk_arm else spec["backend"],
+        "concurrency": spec["concurrency"],
+        "part_size": spec["part_size"],
+        "force": True,
+    }
+    with resolve(spec["uri"], overrides=setting) as target:
+        if sdk_arm:
+            from modelpull.bench_sdk import run_trial
 
-        report = run_trial(spec["uri"], Path(spec["dest"]), config)
-    else:
-        report = _pull_trial(spec["uri"], spec["dest"], config)
+            report = run_trial(target, Path(spec["dest"]))
+        else:
+            report = _pull_trial(target, spec["dest"])
     print(json.dumps(report))
     return 0
 
 
-def _pull_trial(uri: str, dest: str, config: PullConfig) -> dict[str, Any]:
+def _pull_trial(target: Target, dest: str) -> dict[str, Any]:
     from modelpull.api import pull
     from modelpull.events import Event, RequestFinished
 
@@ -332,7 +336,7 @@ def _pull_trial(uri: str, dest: str, config: PullConfig) -> dict[str, Any]:
         if isinstance(event, RequestFinished) and event.method == "GET" and event.status[0] == "2":
             latencies.append(event.seconds)
 
-    result = pull(uri, dest, config=config, observers=[collect])
+    result = pull(target, dest, observers=[collect])
     return {
         "seconds": result.seconds,
         "bytes": result.bytes_downloaded,

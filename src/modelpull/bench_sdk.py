@@ -17,11 +17,10 @@ from typing import Any
 
 from modelpull.backends.errors import ErrorMap
 from modelpull.backends.tos_sdk import TosSdkBackend, translate
-from modelpull.compat import tos as tos_compat
-from modelpull.config import PullConfig
+from modelpull.errors import UsageError
 from modelpull.objects import ObjectInfo
 from modelpull.plan import list_remote
-from modelpull.uri import parse_uri
+from modelpull.resolve import Target
 
 __all__ = ["ProgressSink", "download_file", "run_trial"]
 
@@ -79,20 +78,18 @@ def download_file(
         raise
 
 
-def run_trial(uri: str, dest: Path, config: PullConfig) -> dict[str, Any]:
-    """Every object under ``uri`` into ``dest`` with :func:`download_file`, timed.
+def run_trial(target: Target, dest: Path) -> dict[str, Any]:
+    """Every object under ``target`` into ``dest`` with :func:`download_file`, timed.
 
-    ``config.concurrency`` is the SDK's ``task_num`` and ``config.part_size`` its
-    ``part_size``; a ``tos://`` URI reads ``TOS_*`` as :func:`modelpull.pull` does.
-    Returns the trial's numbers as ``modelpull bench`` records them (the SDK reports no
+    ``target.config.concurrency`` is the SDK's ``task_num`` and its ``part_size`` the
+    SDK's ``part_size``; the target must resolve to the ``tos-sdk`` backend. Returns
+    the trial's numbers as ``modelpull bench`` records them (the SDK reports no
     per-request timings).
     """
-    parsed = parse_uri(uri)
-    credentials = None
-    if parsed.scheme == "tos":
-        config = tos_compat.adapt_config(config)
-        credentials = tos_compat.resolve_credentials(config)
-    backend = TosSdkBackend(config, credentials, scheme=parsed.scheme)
+    backend = target.backend
+    if not isinstance(backend, TosSdkBackend):
+        raise UsageError("the download_file arm needs the tos-sdk backend")
+    config, parsed = target.config, target.uri
     received = 0
 
     def count(n: int) -> None:
@@ -103,18 +100,18 @@ def run_trial(uri: str, dest: Path, config: PullConfig) -> dict[str, Any]:
     try:
         files = list_remote(backend, parsed)
         for remote in files:
-            target = dest / remote.path
-            target.parent.mkdir(parents=True, exist_ok=True)
+            local = dest / remote.path
+            local.parent.mkdir(parents=True, exist_ok=True)
             download_file(
                 backend,
                 remote.obj,
                 parsed.bucket,
-                target,
+                local,
                 count,
                 part_size=config.part_size,
                 task_num=config.concurrency,
             )
         seconds = time.monotonic() - started
     finally:
-        backend.close()
+        target.close()
     return {"seconds": seconds, "bytes": received, "retries": {}, "latencies": []}

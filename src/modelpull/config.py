@@ -1,7 +1,8 @@
 """The one configuration object, :class:`PullConfig`.
 
-Every knob is a field documented here once: its default, unit and environment variable.
-CLI flags, ``MODELPULL_*`` variables and the Python API all fill this same object;
+Every knob is a field documented here once: its default, unit, environment variables
+and CLI flag (:class:`Flag`; the ``modelpull`` command builds its options from these
+fields). CLI flags, ``MODELPULL_*`` variables and the Python API all fill this same object;
 environment variables are read when :meth:`PullConfig.from_env` is called, never at
 import. ``docs/configuration.md`` is generated from these fields
 (``python -m modelpull.config``) and a test keeps the two in agreement.
@@ -25,9 +26,13 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_IO_CHUNK_SIZE",
     "DEFAULT_PART_SIZE",
+    "PULL_COMMANDS",
+    "STORE_COMMANDS",
     "AddressingStyle",
+    "Flag",
     "PullConfig",
     "VerifyMode",
+    "default_text",
     "reference_markdown",
 ]
 
@@ -76,6 +81,24 @@ def _opt_duration(text: str) -> float | None:
     return parse_duration(text) if text.strip() else None
 
 
+# The subcommands that take a field's flag: every command that talks to the store, or
+# only the one that transfers.
+STORE_COMMANDS = ("pull", "ls", "bench")
+PULL_COMMANDS = ("pull",)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A field's CLI option: ``metavar`` is ``None`` for an on/off flag, which sets the
+    opposite of the field's default; ``help`` replaces the field's doc where that does
+    not read right after the flag (a ``--no-...`` flag)."""
+
+    name: str
+    metavar: str | None
+    commands: tuple[str, ...]
+    help: str | None = None
+
+
 def _opt(
     default: Any,
     *,
@@ -83,8 +106,10 @@ def _opt(
     parse: Callable[[str], Any],
     unit: str,
     doc: str,
+    flag: Flag | None = None,
 ) -> Any:
-    return field(default=default, metadata={"env": env, "parse": parse, "unit": unit, "doc": doc})
+    metadata = {"env": env, "parse": parse, "unit": unit, "doc": doc, "flag": flag}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,14 +125,18 @@ class PullConfig:
         env=("MODELPULL_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
         parse=_opt_str,
         unit="URL",
-        doc="S3 endpoint; `https://` is added when no scheme is given. Unset: AWS S3.",
+        doc="S3 endpoint; `https://` is added when no scheme is given. For `tos://` URIs "
+        "`TOS_ENDPOINT` comes second. Unset: AWS S3.",
+        flag=Flag("--endpoint-url", "URL", STORE_COMMANDS),
     )
     region: str | None = _opt(
         None,
         env=("MODELPULL_REGION",),
         parse=_opt_str,
         unit="name",
-        doc="Signing region. Unset: boto3's chain (`AWS_REGION`, profile, ...), else us-east-1.",
+        doc="Signing region. For `tos://` URIs `TOS_REGION` comes second. Unset: boto3's "
+        "chain (`AWS_REGION`, profile, ...), else us-east-1.",
+        flag=Flag("--region", "NAME", STORE_COMMANDS),
     )
     profile: str | None = _opt(
         None,
@@ -115,6 +144,7 @@ class PullConfig:
         parse=_opt_str,
         unit="name",
         doc="Named profile from the AWS config files. Unset: boto3's chain (`AWS_PROFILE`).",
+        flag=Flag("--profile", "NAME", STORE_COMMANDS),
     )
     addressing_style: AddressingStyle = _opt(
         "auto",
@@ -122,6 +152,7 @@ class PullConfig:
         parse=str,
         unit="auto|path|virtual",
         doc="Bucket in the host name (virtual) or in the path (path); auto lets botocore pick.",
+        flag=Flag("--addressing-style", "{auto,path,virtual}", STORE_COMMANDS),
     )
     concurrency: int = _opt(
         DEFAULT_CONCURRENCY,
@@ -129,6 +160,7 @@ class PullConfig:
         parse=_int,
         unit="requests",
         doc="Ranged GETs in flight at once, across all files of the pull.",
+        flag=Flag("--concurrency", "N", PULL_COMMANDS),
     )
     part_size: int = _opt(
         DEFAULT_PART_SIZE,
@@ -136,6 +168,7 @@ class PullConfig:
         parse=parse_size,
         unit="bytes",
         doc="Bytes per ranged GET; files up to this size are fetched in one request.",
+        flag=Flag("--part-size", "SIZE", PULL_COMMANDS),
     )
     io_chunk_size: int = _opt(
         DEFAULT_IO_CHUNK_SIZE,
@@ -143,6 +176,7 @@ class PullConfig:
         parse=parse_size,
         unit="bytes",
         doc="Buffer per request: bytes read from the socket before each write to disk.",
+        flag=Flag("--io-chunk-size", "SIZE", PULL_COMMANDS),
     )
     connect_timeout: float = _opt(
         DEFAULT_CONNECT_TIMEOUT,
@@ -164,6 +198,7 @@ class PullConfig:
         parse=_int,
         unit="attempts",
         doc="Attempts per request (the first included) for transient failures.",
+        flag=Flag("--max-attempts", "N", PULL_COMMANDS),
     )
     deadline: float | None = _opt(
         None,
@@ -171,6 +206,7 @@ class PullConfig:
         parse=_opt_duration,
         unit="seconds",
         doc="Give up retrying once the pull has run this long. Unset: no deadline.",
+        flag=Flag("--deadline", "SECONDS", PULL_COMMANDS),
     )
     verify: VerifyMode = _opt(
         "auto",
@@ -178,6 +214,7 @@ class PullConfig:
         parse=str,
         unit="auto|strict|off",
         doc="Checksums: auto checks all the store offers; strict also fails without one.",
+        flag=Flag("--verify", "{auto,strict,off}", PULL_COMMANDS),
     )
     force: bool = _opt(
         False,
@@ -185,6 +222,7 @@ class PullConfig:
         parse=_bool,
         unit="flag",
         doc="Fetch every file again, even those recorded as complete and unchanged.",
+        flag=Flag("--force", None, PULL_COMMANDS),
     )
     verify_ssl: bool = _opt(
         True,
@@ -192,6 +230,12 @@ class PullConfig:
         parse=_bool,
         unit="flag",
         doc="Verify TLS certificates. Turning it off warns on every run.",
+        flag=Flag(
+            "--no-verify-ssl",
+            None,
+            STORE_COMMANDS,
+            help="Do not verify TLS certificates (insecure; warns on every run).",
+        ),
     )
     ca_bundle: str | None = _opt(
         None,
@@ -199,6 +243,7 @@ class PullConfig:
         parse=_opt_str,
         unit="path",
         doc="PEM file of certificate authorities to trust instead of the default set.",
+        flag=Flag("--ca-bundle", "PEM", STORE_COMMANDS),
     )
     max_bandwidth: int | None = _opt(
         None,
@@ -206,6 +251,7 @@ class PullConfig:
         parse=_opt_size,
         unit="bytes/s",
         doc="Cap on the pull's total download rate. Unset: no cap.",
+        flag=Flag("--max-bandwidth", "SIZE", PULL_COMMANDS),
     )
     backend: str = _opt(
         "boto3",
@@ -213,6 +259,7 @@ class PullConfig:
         parse=str,
         unit="boto3|tos-sdk",
         doc="Transfer backend: modelpull's engine on boto3, or the TOS SDK (`[tos]` extra).",
+        flag=Flag("--backend", "{boto3,tos-sdk}", STORE_COMMANDS),
     )
     fsync: bool = _opt(
         False,
@@ -269,6 +316,14 @@ class PullConfig:
         return dataclasses.asdict(self)
 
 
+def default_text(f: dataclasses.Field[Any]) -> str:
+    """A field's default as the docs and ``--help`` show it: ``32MiB``, ``unset``, ``auto``."""
+    default = f.default
+    if isinstance(default, int) and not isinstance(default, bool) and default >= MiB:
+        return f"{default // MiB}MiB"
+    return "unset" if default is None else str(default).lower()
+
+
 def reference_markdown() -> str:
     """The configuration reference, as kept in ``docs/configuration.md``."""
     lines = [
@@ -280,18 +335,16 @@ def reference_markdown() -> str:
         "Precedence: CLI flag, then Python keyword, then the first environment variable set,",
         "then the default. Sizes take `64MiB`, `8MB` or bytes; durations `30`, `30s`, `2m`.",
         "",
-        "| field | default | unit | environment | meaning |",
-        "| --- | --- | --- | --- | --- |",
+        "| field | flag | default | unit | environment | meaning |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for f in dataclasses.fields(PullConfig):
-        default = f.default
-        if isinstance(default, int) and not isinstance(default, bool) and default >= MiB:
-            shown = f"{default // MiB}MiB"
-        else:
-            shown = "unset" if default is None else str(default).lower()
+        flag: Flag | None = f.metadata["flag"]
+        shown = f"`{flag.name}`" if flag is not None else ""
         envs = ", ".join(f"`{name}`" for name in f.metadata["env"])
         lines.append(
-            f"| `{f.name}` | {shown} | {f.metadata['unit']} | {envs} | {f.metadata['doc']} |"
+            f"| `{f.name}` | {shown} | {default_text(f)} | {f.metadata['unit']} | {envs} "
+            f"| {f.metadata['doc']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -61,7 +61,7 @@ from modelpull.retry import RetryPolicy, retry_events
 from modelpull.state import StateDir
 from modelpull.workqueue import WorkQueue
 
-__all__ = ["Engine", "StopSignal"]
+__all__ = ["Engine"]
 
 log = logging.getLogger("modelpull")
 
@@ -489,14 +489,6 @@ class Engine:
                 if job.inflight == 0:
                     job.file.close()
                 job.file.release()
-
-
-class StopSignal(KeyboardInterrupt):
-    """Raised in the main thread by a SIGTERM handler, so SIGTERM stops a pull like Ctrl-C."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
 
 
 class _Stopped(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from modelpull.backends.base import Backend
@@ -17,7 +18,7 @@ from modelpull.objects import RemoteFile
 from modelpull.state import STATE_DIR
 from modelpull.uri import ObjectURI
 
-__all__ = ["list_remote", "matches", "safe_relpath", "select"]
+__all__ = ["check_files", "list_remote", "matches", "safe_relpath", "select"]
 
 
 def safe_relpath(key: str, prefix: str) -> str:
@@ -74,6 +75,24 @@ def list_remote(backend: Backend, uri: ObjectURI) -> list[RemoteFile]:
         )
     _check_conflicts(f.path for f in files)
     return sorted(files, key=lambda f: f.path)
+
+
+def check_files(files: Sequence[RemoteFile]) -> list[RemoteFile]:
+    """``files`` as they are, once every path is known safe: relative, normalised, each
+    once, and none another's folder. For files a caller made rather than listed."""
+    for f in files:
+        if safe_relpath(f.path, "") != f.path:
+            raise UnsafePathError(
+                f"refusing path {f.path!r} of object {f.obj.key!r}: not normalised "
+                "(use the paths list_objects gives)",
+                key=f.obj.key,
+            )
+    counts = Counter(f.path for f in files)
+    twice = sorted(path for path, n in counts.items() if n > 1)
+    if twice:
+        raise DestinationError(f"more than one object would land at {', '.join(twice)}")
+    _check_conflicts(counts)
+    return list(files)
 
 
 def _check_conflicts(paths: Iterable[str]) -> None:

@@ -1,14 +1,33 @@
-"""Object URIs (``s3://bucket/key``, ``tos://bucket/prefix/``) and endpoint URLs."""
+"""Object URIs (``s3://bucket/key``, ``tos://bucket/prefix/``) and endpoint URLs.
+
+Volcengine TOS serves two protocols on two host names per region: its native one
+(``tos-<region>.volces.com``, ``tos-<region>.ivolces.com`` inside Volcengine's network),
+which only its own SDKs speak, and S3 (``tos-s3-<region>.volces.com`` /
+``tos-s3-<region>.ivolces.com``), which boto3 speaks. :func:`to_s3_endpoint` and
+:func:`to_native_endpoint` map one onto the other, so that a deployment's one endpoint
+setting serves either backend (:func:`modelpull.resolve.resolve` hands each backend
+the form it speaks).
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from modelpull.errors import InvalidURIError, UsageError
 
-__all__ = ["SCHEMES", "ObjectURI", "normalize_endpoint", "parse_uri"]
+__all__ = [
+    "SCHEMES",
+    "ObjectURI",
+    "endpoint_for_region",
+    "normalize_endpoint",
+    "parse_uri",
+    "region_from_endpoint",
+    "to_native_endpoint",
+    "to_s3_endpoint",
+]
 
 SCHEMES = ("s3", "tos")
 # Lenient on purpose: S3-compatible stores (and legacy AWS buckets) accept upper case and
@@ -74,3 +93,50 @@ def normalize_endpoint(url: str) -> str:
     except ValueError:
         raise UsageError(f"invalid port in endpoint URL {url!r}") from None
     return text
+
+
+# Region names are lower-case words and digits joined by dashes: cn-beijing,
+# cn-beijing2, ap-southeast-1. "control" hosts are TOS's control plane, not data.
+_REGION = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+_S3_HOST = re.compile(rf"^tos-s3-(?P<region>{_REGION})\.(?P<net>i?volces)\.com$")
+_NATIVE_HOST = re.compile(rf"^tos-(?!s3-|control-)(?P<region>{_REGION})\.(?P<net>i?volces)\.com$")
+
+
+def _swap_host(url: str, pattern: re.Pattern[str], host: Callable[[re.Match[str]], str]) -> str:
+    """``url`` normalised, its host replaced by ``host(match)`` when ``pattern`` matches it."""
+    text = normalize_endpoint(url)
+    parts = urlsplit(text)
+    match = pattern.match((parts.hostname or "").lower())
+    if match is None:
+        return text
+    netloc = host(match) if parts.port is None else f"{host(match)}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def to_s3_endpoint(url: str) -> str:
+    """``url`` with a native TOS host replaced by its S3 twin; any other URL as it is.
+
+    ``tos-cn-beijing.volces.com`` becomes ``https://tos-s3-cn-beijing.volces.com`` and
+    ``http://tos-cn-beijing.ivolces.com`` becomes ``http://tos-s3-cn-beijing.ivolces.com``.
+    The result is normalised like any endpoint (``https://`` added when missing).
+    """
+    return _swap_host(url, _NATIVE_HOST, lambda m: f"tos-s3-{m['region']}.{m['net']}.com")
+
+
+def to_native_endpoint(url: str) -> str:
+    """The inverse of :func:`to_s3_endpoint`, for the TOS SDK (which refuses S3 hosts)."""
+    return _swap_host(url, _S3_HOST, lambda m: f"tos-{m['region']}.{m['net']}.com")
+
+
+def region_from_endpoint(url: str) -> str | None:
+    """The region a TOS endpoint (native or S3) names, or ``None`` for any other host."""
+    host = (urlsplit(normalize_endpoint(url)).hostname or "").lower()
+    match = _S3_HOST.match(host) or _NATIVE_HOST.match(host)
+    return match["region"] if match else None
+
+
+def endpoint_for_region(region: str) -> str:
+    """The public S3 endpoint of a TOS region, as the SDK derives its own from a region."""
+    if not re.fullmatch(_REGION, region):
+        raise UsageError(f"invalid TOS region {region!r}: expected a name such as cn-beijing")
+    return f"https://tos-s3-{region}.volces.com"

@@ -30,8 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 import modelpull
 from modelpull.cli import build_parser
 from modelpull.events import Event, FileDone
+from modelpull.observe.export import export_metrics, serve
 from modelpull.observe.logs import LogObserver, setup_logging
-from modelpull.observe.metrics import MetricsObserver, export_metrics, serve
+from modelpull.observe.metrics import MetricsObserver
 from tests.helpers import S3Store
 
 MiB = 1 << 20

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import modelpull
-from modelpull.events import BytesTransferred, Event, FileDone
+from modelpull.events import BytesTransferred, Event, FileDone, PullStarted
 from tests.helpers import S3Store
 
 MiB = 1 << 20
@@ -276,3 +276,76 @@ def test_partial_pull_then_completion(store: S3Store, tmp_path: Path) -> None:
     )
     assert result.bytes_downloaded == 2 * MiB
     assert (tmp_path / "w.bin").read_bytes() == data
+
+
+# -- a backend passed in, and files listed once --------------------------------------------
+
+
+def test_a_given_backend_serves_several_calls_and_stays_open(
+    store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    from modelpull.backends.boto3 import Boto3Backend
+
+    bucket, files = model
+    cfg = store.config(part_size=1 * MiB)
+    uri = f"s3://{bucket}/models/llama/"
+    backend = Boto3Backend(cfg, store.credentials)
+    try:
+        listed = modelpull.list_objects(uri, config=cfg, backend=backend)
+        result = modelpull.pull(uri, tmp_path / "a", config=cfg, backend=backend)
+        # Still usable: neither call closed it.
+        again = modelpull.pull(uri, tmp_path / "b", config=cfg, backend=backend)
+    finally:
+        backend.close()
+    assert [f.path for f in listed] == sorted(files)
+    assert result.backend == again.backend == "boto3"
+    assert tree(tmp_path / "a") == tree(tmp_path / "b") == files
+
+
+def test_pull_files_pulls_what_was_listed(
+    store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    bucket, files = model
+    seen: list[Event] = []
+    with modelpull.resolve(
+        f"s3://{bucket}/models/llama/", store.config(), store.credentials
+    ) as target:
+        listed = modelpull.list_objects(target)
+        small = [f for f in listed if f.obj.size < MiB]
+        result = modelpull.pull_files(target, small, tmp_path, observers=[seen.append])
+    assert tree(tmp_path) == {f.path: files[f.path] for f in small}
+    assert result.files_fetched == len(small)
+    assert result.uri == f"s3://{bucket}/models/llama/"
+    started = [e for e in seen if isinstance(e, PullStarted)]
+    assert len(started) == 1 and started[0].files == len(small)
+
+
+def test_pull_files_refuses_paths_it_did_not_list(
+    store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    bucket, _ = model
+    uri = f"s3://{bucket}/models/llama/"
+    listed = modelpull.list_objects(uri, config=store.config(), credentials=store.credentials)
+    escape = modelpull.RemoteFile(obj=listed[0].obj, path="../outside.json")
+    with pytest.raises(modelpull.UnsafePathError):
+        modelpull.pull_files(
+            uri, [escape], tmp_path / "d", config=store.config(), credentials=store.credentials
+        )
+    with pytest.raises(modelpull.DestinationError, match="more than one"):
+        modelpull.pull_files(
+            uri,
+            [listed[0], listed[0]],
+            tmp_path / "d",
+            config=store.config(),
+            credentials=store.credentials,
+        )
+    assert not (tmp_path / "d").exists()
+    assert not (tmp_path / "outside.json").exists()
+
+
+def test_a_target_takes_no_second_config(store: S3Store, tmp_path: Path) -> None:
+    with (
+        modelpull.resolve("s3://bucket/m/", store.config()) as target,
+        pytest.raises(modelpull.UsageError, match="Target"),
+    ):
+        modelpull.pull(target, tmp_path, config=store.config())

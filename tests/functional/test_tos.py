@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,12 +52,13 @@ from modelpull.backends.tos_sdk import TosSdkBackend
 from modelpull.bench_sdk import download_file
 from modelpull.checksums import CRC_KINDS
 from modelpull.compat import CompatWarning
-from modelpull.compat.tos import config_for_tos, from_sdk, resolve_credentials
+from modelpull.compat.tos import from_sdk
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.demo.rclone import RcloneS3Server, find_rclone
 from modelpull.events import BytesTransferred, Event, FileVerified
 from modelpull.objects import ObjectInfo
+from modelpull.resolve import resolve, resolve_config
 from tests.faults.proxy import FaultProxy, Rule, delay, set_headers, status
 from tests.helpers import S3Store
 
@@ -112,9 +113,8 @@ def tos_env(store: S3Store, endpoint: str | None = None) -> dict[str, str]:
 
 
 def tos_pull(uri: str, dest: Path, env: dict[str, str], **kwargs: Any) -> modelpull.PullResult:
-    config = config_for_tos(env)
-    credentials = resolve_credentials(config, None, env)
-    return modelpull.pull(uri, dest, config=config, credentials=credentials, **kwargs)
+    with resolve(uri, environ=env) as target:
+        return modelpull.pull(target, dest, **kwargs)
 
 
 # --- tos:// on the boto3 engine ---------------------------------------------------------
@@ -149,7 +149,7 @@ def test_tos_keys_rank_above_the_aws_chain(
 
 
 def test_tos_native_endpoint_is_mapped_before_use() -> None:
-    cfg = config_for_tos({"TOS_ENDPOINT": "tos-cn-beijing.ivolces.com"})
+    cfg = resolve_config("tos", environ={"TOS_ENDPOINT": "tos-cn-beijing.ivolces.com"})
     backend = Boto3Backend(cfg, Credentials("ak", "sk"))
     try:
         # botocore builds virtual-hosted URLs on the S3 twin of the native endpoint.
@@ -579,20 +579,19 @@ def sdk_config(front: TosFront, **overrides: Any) -> PullConfig:
 
 
 @pytest.fixture
-def sdk_backend(front: TosFront, monkeypatch: pytest.MonkeyPatch) -> Callable[..., TosSdkBackend]:
-    """Make modelpull.pull use the tos-sdk backend: every part through the engine's GETs."""
-
-    def make(
-        config: PullConfig, credentials: Credentials | None = None, **options: Any
-    ) -> TosSdkBackend:
-        return TosSdkBackend(config, credentials, **options)
-
-    monkeypatch.setattr("modelpull.api.make_backend", make)
-    return make
+def sdk_backend(front: TosFront) -> Iterator[TosSdkBackend]:
+    """A tos-sdk backend for ``modelpull.pull(..., backend=)``: every part through the
+    engine's ranged GETs. The pulls leave it open (it is the caller's), so it serves
+    several."""
+    backend = TosSdkBackend(sdk_config(front))
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 def test_sdk_backend_downloads_a_model(
-    stand_in: tuple[str, TosFront], front: TosFront, sdk_backend: Any, tmp_path: Path
+    stand_in: tuple[str, TosFront], front: TosFront, sdk_backend: TosSdkBackend, tmp_path: Path
 ) -> None:
     bucket = stand_in[0]
     front.page_size = 2  # the backend follows continuation tokens
@@ -601,6 +600,7 @@ def test_sdk_backend_downloads_a_model(
         f"tos://{bucket}/models/llama/",
         tmp_path / "out",
         config=sdk_config(front),
+        backend=sdk_backend,
         observers=[lambda e: seen.append(e.bytes) if isinstance(e, BytesTransferred) else None],
     )
     assert tree(tmp_path / "out") == FILES
@@ -609,13 +609,16 @@ def test_sdk_backend_downloads_a_model(
     assert sum(seen) == sum(map(len, FILES.values()))
     # The same skip logic: a second pull fetches nothing.
     again = modelpull.pull(
-        f"tos://{bucket}/models/llama/", tmp_path / "out", config=sdk_config(front)
+        f"tos://{bucket}/models/llama/",
+        tmp_path / "out",
+        config=sdk_config(front),
+        backend=sdk_backend,
     )
     assert (again.files_fetched, again.files_skipped) == (0, len(FILES))
 
 
 def test_sdk_backend_verifies_crc64(
-    stand_in: tuple[str, TosFront], front: TosFront, sdk_backend: Any, tmp_path: Path
+    stand_in: tuple[str, TosFront], front: TosFront, sdk_backend: TosSdkBackend, tmp_path: Path
 ) -> None:
     bucket = stand_in[0]
     for name, data in FILES.items():
@@ -625,13 +628,17 @@ def test_sdk_backend_verifies_crc64(
         f"tos://{bucket}/models/llama/",
         tmp_path / "out",
         config=sdk_config(front),
+        backend=sdk_backend,
         observers=[lambda e: kinds.append(e.kind) if isinstance(e, FileVerified) else None],
     )
     assert kinds.count("crc64ecma") == len(FILES)
     front.crc[f"models/llama/{WEIGHTS}"] = crc64(b"not the weights")
     with pytest.raises(modelpull.IntegrityError, match="crc64ecma"):
         modelpull.pull(
-            f"tos://{bucket}/models/llama/", tmp_path / "again", config=sdk_config(front)
+            f"tos://{bucket}/models/llama/",
+            tmp_path / "again",
+            config=sdk_config(front),
+            backend=sdk_backend,
         )
 
 

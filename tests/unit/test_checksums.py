@@ -26,8 +26,8 @@ from modelpull.checksums import (
     verify,
     verify_composite,
 )
-from modelpull.hashing import CrcAccumulator, PartHasher, PrefixHasher, ReadInto
 from modelpull.errors import IntegrityError, UsageError
+from modelpull.hashing import CrcAccumulator, PartHasher, PrefixHasher, ReadInto
 
 try:
     from hypothesis import given
@@ -285,7 +285,7 @@ def test_split_composite() -> None:
 
 
 def test_composite_crc_from_parts_aligned_to_the_upload() -> None:
-    upload_parts = [40_000, 40_000, len(DATA) - 80_000]
+    # Upload parts of 40,000, 40,000 and 20,003 bytes.
     # The engine's parts: the first upload part is in two pieces, the others whole.
     ours = [(0, 15_000), (15_000, 25_000), (40_000, 40_000), (80_000, len(DATA) - 80_000)]
     pieces = [

@@ -31,157 +31,6 @@ DOCS = Path(__file__).parents[2] / "docs" / "tos-mapping.md"
 TOS_ENV = {"TOS_ENDPOINT": "tos-cn-beijing.volces.com"}
 
 
-# --- endpoints -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("given", "s3"),
-    [
-        ("tos-cn-beijing.volces.com", "https://tos-s3-cn-beijing.volces.com"),
-        ("https://tos-cn-beijing.volces.com", "https://tos-s3-cn-beijing.volces.com"),
-        ("http://tos-cn-beijing.ivolces.com", "http://tos-s3-cn-beijing.ivolces.com"),
-        ("tos-cn-shanghai.ivolces.com", "https://tos-s3-cn-shanghai.ivolces.com"),
-        ("tos-cn-beijing2.volces.com", "https://tos-s3-cn-beijing2.volces.com"),
-        ("tos-ap-southeast-1.volces.com", "https://tos-s3-ap-southeast-1.volces.com"),
-        (
-            "https://TOS-CN-GUANGZHOU.VOLCES.COM:8443/",
-            "https://tos-s3-cn-guangzhou.volces.com:8443",
-        ),
-        # S3 endpoints and every other host are accepted as they are.
-        ("tos-s3-cn-beijing.volces.com", "https://tos-s3-cn-beijing.volces.com"),
-        ("https://tos-s3-cn-beijing.ivolces.com", "https://tos-s3-cn-beijing.ivolces.com"),
-        ("tos-control-cn-beijing.volces.com", "https://tos-control-cn-beijing.volces.com"),
-        ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
-        ("s3.amazonaws.com", "https://s3.amazonaws.com"),
-        (
-            "tos-cn-beijing.volces.com.evil.example",
-            "https://tos-cn-beijing.volces.com.evil.example",
-        ),
-    ],
-)
-def test_native_endpoint_maps_to_s3(given: str, s3: str) -> None:
-    assert tc.to_s3_endpoint(given) == s3
-
-
-@pytest.mark.parametrize(
-    ("s3", "native"),
-    [
-        ("tos-s3-cn-beijing.volces.com", "https://tos-cn-beijing.volces.com"),
-        ("http://tos-s3-cn-beijing.ivolces.com", "http://tos-cn-beijing.ivolces.com"),
-        ("tos-cn-beijing.volces.com", "https://tos-cn-beijing.volces.com"),
-        ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
-    ],
-)
-def test_s3_endpoint_maps_back_for_the_sdk(s3: str, native: str) -> None:
-    assert tc.to_native_endpoint(s3) == native
-    assert tc.to_s3_endpoint(tc.to_native_endpoint(s3)) == tc.to_s3_endpoint(s3)
-
-
-@pytest.mark.parametrize(
-    ("endpoint", "region"),
-    [
-        ("tos-cn-beijing.volces.com", "cn-beijing"),
-        ("https://tos-s3-ap-southeast-1.ivolces.com", "ap-southeast-1"),
-        ("http://127.0.0.1:9000", None),
-        ("tos-control-cn-beijing.volces.com", None),
-    ],
-)
-def test_region_from_endpoint(endpoint: str, region: str | None) -> None:
-    assert tc.region_from_endpoint(endpoint) == region
-
-
-def test_endpoint_for_region() -> None:
-    assert tc.endpoint_for_region("cn-shanghai") == "https://tos-s3-cn-shanghai.volces.com"
-    with pytest.raises(errors.UsageError, match="region"):
-        tc.endpoint_for_region("cn beijing/../x")
-
-
-# --- TOS_* variables and precedence ----------------------------------------------------
-
-
-def test_credentials_from_env() -> None:
-    assert tc.credentials_from_env({}) is None
-    creds = tc.credentials_from_env(
-        {"TOS_ACCESS_KEY": "ak", "TOS_SECRET_KEY": "sk", "TOS_SECURITY_TOKEN": "tok"}
-    )
-    assert creds == Credentials("ak", "sk", "tok")
-    assert "sk" not in repr(creds) and "tok" not in repr(creds)
-    with pytest.raises(errors.UsageError, match="TOS_SECRET_KEY"):
-        tc.credentials_from_env({"TOS_ACCESS_KEY": "ak"})
-    with pytest.raises(errors.UsageError, match="TOS_ACCESS_KEY"):
-        tc.credentials_from_env({"TOS_SECRET_KEY": "sk"})
-
-
-def test_config_for_tos_maps_endpoint_infers_region_and_goes_virtual() -> None:
-    cfg = tc.config_for_tos({"TOS_ENDPOINT": "tos-cn-beijing.ivolces.com"})
-    assert cfg.endpoint_url == "https://tos-s3-cn-beijing.ivolces.com"
-    assert cfg.region == "cn-beijing"
-    assert cfg.addressing_style == "virtual"
-
-
-def test_config_for_tos_region_alone_gives_the_public_endpoint() -> None:
-    cfg = tc.config_for_tos({"TOS_REGION": "cn-guangzhou"})
-    assert (cfg.endpoint_url, cfg.region) == (
-        "https://tos-s3-cn-guangzhou.volces.com",
-        "cn-guangzhou",
-    )
-
-
-def test_config_for_tos_needs_an_endpoint() -> None:
-    with pytest.raises(errors.UsageError, match="TOS_ENDPOINT"):
-        tc.config_for_tos({})
-
-
-def test_precedence_flag_modelpull_tos_aws() -> None:
-    env = {
-        "AWS_ENDPOINT_URL": "http://aws:1",
-        "AWS_REGION": "us-west-2",
-        "TOS_ENDPOINT": "tos-cn-beijing.volces.com",
-        "TOS_REGION": "cn-beijing",
-    }
-    # TOS_* rank above AWS_* for a tos:// URI ...
-    cfg = tc.config_for_tos(env)
-    assert (cfg.endpoint_url, cfg.region) == ("https://tos-s3-cn-beijing.volces.com", "cn-beijing")
-    # ... MODELPULL_* above TOS_* ...
-    env |= {"MODELPULL_ENDPOINT_URL": "http://mp:2", "MODELPULL_REGION": "mp-region"}
-    cfg = tc.config_for_tos(env)
-    assert (cfg.endpoint_url, cfg.region) == ("http://mp:2", "mp-region")
-    # ... and a flag above everything; None means "flag not given".
-    cfg = tc.config_for_tos(env, endpoint_url="tos-cn-shanghai.volces.com", region=None)
-    assert (cfg.endpoint_url, cfg.region) == ("https://tos-s3-cn-shanghai.volces.com", "mp-region")
-
-
-def test_addressing_style_override_for_local_servers() -> None:
-    assert tc.config_for_tos(TOS_ENV, addressing_style="path").addressing_style == "path"
-    env = TOS_ENV | {"MODELPULL_ADDRESSING_STYLE": "path"}
-    assert tc.config_for_tos(env).addressing_style == "path"
-
-
-def test_adapt_config_keeps_an_explicit_config() -> None:
-    explicit = PullConfig(endpoint_url="http://127.0.0.1:9", addressing_style="path", region="r")
-    cfg = tc.adapt_config(explicit, {"TOS_ENDPOINT": "tos-cn-beijing.volces.com"})
-    assert (cfg.endpoint_url, cfg.region, cfg.addressing_style) == (
-        "http://127.0.0.1:9",
-        "r",
-        "path",
-    )
-    filled = tc.adapt_config(
-        PullConfig(concurrency=3), {"TOS_ENDPOINT": "tos-cn-beijing.volces.com"}
-    )
-    assert filled.endpoint_url == "https://tos-s3-cn-beijing.volces.com"
-    assert filled.concurrency == 3
-    assert tc.adapt_config(filled) == filled  # idempotent: safe to apply twice
-
-
-def test_resolve_credentials_order() -> None:
-    env = {"TOS_ACCESS_KEY": "tak", "TOS_SECRET_KEY": "tsk"}
-    explicit = Credentials("x", "y")
-    assert tc.resolve_credentials(PullConfig(), explicit, env) is explicit
-    assert tc.resolve_credentials(PullConfig(), None, env) == Credentials("tak", "tsk")
-    assert tc.resolve_credentials(PullConfig(), None, {}) is None  # boto3's chain
-    assert tc.resolve_credentials(PullConfig(profile="p"), None, env) is None
-
-
 # --- TOS SDK keywords ------------------------------------------------------------------
 
 
@@ -378,7 +227,7 @@ def test_aibrix_settings_map_to_fields(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plan = ab.to_pull(settings, S3_URI, {})
-    assert getattr(plan.config, field) == value
+    assert getattr(plan.target.config, field) == value
 
 
 @pytest.mark.parametrize(
@@ -402,7 +251,7 @@ def test_aibrix_settings_not_honoured_warn(
     with pytest.warns(CompatWarning, match=message):
         plan = ab.to_pull(settings, S3_URI, {})
     if field is not None:
-        assert getattr(plan.config, field) == value
+        assert getattr(plan.target.config, field) == value
 
 
 def test_aibrix_threshold_equal_to_part_size_is_silent() -> None:
@@ -420,14 +269,15 @@ def test_aibrix_tos_uses_tos_variables() -> None:
         "TOS_SECRET_KEY": "s",
     }
     plan = ab.to_pull(ab.DownloaderSettings(), TOS_URI, env)
-    assert plan.config.endpoint_url == "https://tos-s3-cn-beijing.ivolces.com"
-    assert plan.credentials == Credentials("a", "s")
+    assert plan.target.config.endpoint_url == "https://tos-s3-cn-beijing.ivolces.com"
+    assert plan.target.credentials == Credentials("a", "s")
     extra = ab.DownloaderSettings(ak="xa", sk="xs", endpoint="tos-cn-shanghai.volces.com")
     plan = ab.to_pull(extra, TOS_URI, env)
-    assert plan.credentials == Credentials("xa", "xs")
-    assert plan.config.endpoint_url == "https://tos-s3-cn-shanghai.volces.com"
+    assert plan.target.credentials == Credentials("xa", "xs")
+    assert plan.target.config.endpoint_url == "https://tos-s3-cn-shanghai.volces.com"
     env_path = env | {"MODELPULL_ADDRESSING_STYLE": "path"}
-    assert ab.to_pull(ab.DownloaderSettings(), TOS_URI, env_path).config.addressing_style == "path"
+    plan = ab.to_pull(ab.DownloaderSettings(), TOS_URI, env_path)
+    assert plan.target.config.addressing_style == "path"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,16 @@ from pathlib import Path
 
 import pytest
 
-from modelpull.config import DEFAULT_PART_SIZE, PullConfig, reference_markdown
+from modelpull.cli import build_parser
+from modelpull.cli.options import config_overrides
+from modelpull.config import (
+    DEFAULT_PART_SIZE,
+    STORE_COMMANDS,
+    Flag,
+    PullConfig,
+    default_text,
+    reference_markdown,
+)
 from modelpull.errors import UsageError
 
 DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
@@ -72,3 +81,69 @@ def test_frozen_and_keyword_only() -> None:
 def test_describe_has_no_secrets() -> None:
     described = PullConfig().describe()
     assert not any("secret" in k or "key" in k for k in described)
+
+
+# -- the CLI's options are generated from the fields -------------------------------------
+
+
+def command_help(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS)
+def test_help_shows_each_flag_with_its_env_and_default(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    text = command_help(capsys, command)
+    for f in dataclasses.fields(PullConfig):
+        flag: Flag | None = f.metadata["flag"]
+        if flag is None or command not in flag.commands:
+            continue
+        assert flag.name in text, f.name
+        for name in f.metadata["env"]:
+            assert name in text, (f.name, name)
+        if flag.metavar is not None and f.default is not None:
+            assert f"default {default_text(f)}" in text, f.name
+    assert "AWS_REGION)" not in text  # --region reads MODELPULL_REGION, not AWS_REGION
+
+
+def test_flags_become_overrides() -> None:
+    args = build_parser().parse_args(
+        [
+            "pull",
+            "s3://b/m/",
+            "dest",
+            "--part-size",
+            "8MiB",
+            "--concurrency",
+            "3",
+            "--deadline",
+            "2m",
+            "--no-verify-ssl",
+            "--force",
+            "--region",
+            "r",
+        ]
+    )
+    values = {k: v for k, v in config_overrides(args).items() if v is not None}
+    assert values == {
+        "part_size": 8 << 20,
+        "concurrency": 3,
+        "deadline": 120.0,
+        "verify_ssl": False,
+        "force": True,
+        "region": "r",
+    }
+    ls = build_parser().parse_args(["ls", "s3://b/m/", "--endpoint-url", "http://h:1"])
+    assert {k for k, v in config_overrides(ls).items() if v is not None} == {"endpoint_url"}
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--concurrency", "lots"), ("--part-size", "abc"), ("--deadline", "x")]
+)
+def test_a_bad_flag_value_names_the_flag(flag: str, value: str) -> None:
+    args = build_parser().parse_args(["pull", "s3://b/m/", "dest", flag, value])
+    with pytest.raises(UsageError, match=flag):
+        config_overrides(args)

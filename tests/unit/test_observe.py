@@ -33,14 +33,9 @@ from modelpull.events import (
     RequestFinished,
     RequestStarted,
 )
+from modelpull.observe.export import export_metrics, parse_listen, serve, write_textfile
 from modelpull.observe.logs import REDACTED, JsonFormatter, LogObserver, setup_logging
-from modelpull.observe.metrics import (
-    MetricsObserver,
-    export_metrics,
-    parse_listen,
-    serve,
-    write_textfile,
-)
+from modelpull.observe.metrics import MetricsObserver
 
 LABELS = {"backend": "boto3", "bucket": "models"}
 # Shaped like an AWS secret access key (the documentation's example one).
@@ -332,17 +327,19 @@ def test_core_imports_without_prometheus_client() -> None:
     # None in sys.modules makes any import of the package fail, as if not installed.
     code = (
         "import sys; sys.modules['prometheus_client'] = None\n"
-        "import modelpull, modelpull.cli, modelpull.observe.logs\n"
-        "try:\n"
-        "    import modelpull.observe.metrics\n"
-        "except modelpull.BackendUnavailableError as exc:\n"
-        "    print('unavailable:', exc)\n"
+        "import importlib, modelpull, modelpull.cli, modelpull.observe.logs\n"
+        "for name in ('modelpull.observe.metrics', 'modelpull.observe.export'):\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except modelpull.BackendUnavailableError as exc:\n"
+        "        print('unavailable:', exc)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert "unavailable:" in out.stdout
     assert "pip install 'modelpull[metrics]'" in out.stdout
+    assert out.stdout.count("unavailable:") == 2  # recording and exporting alike
 
 
 # -- logs --------------------------------------------------------------------------------

@@ -41,11 +41,11 @@ from modelpull.backends.errors import (
     names_for,
     store_error,
 )
-from modelpull.compat.tos import region_from_endpoint, to_native_endpoint
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import BackendUnavailableError, ModelPullError, StoreError, UsageError
 from modelpull.objects import ObjectInfo
+from modelpull.uri import region_from_endpoint
 
 try:
     import requests.exceptions as rexc
@@ -154,7 +154,7 @@ class TosSdkBackend(RangedGetBackend):
         self.names = names_for(scheme)
         verify = tls_verify(config)
         if config.endpoint_url:
-            endpoint = to_native_endpoint(config.endpoint_url)
+            endpoint = config.endpoint_url  # native form: resolve() maps it
         elif config.region:
             endpoint = f"https://tos-{config.region}.volces.com"
         else:

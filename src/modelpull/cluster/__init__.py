@@ -6,9 +6,9 @@ that sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``); see
 reported by the pull, as :class:`~modelpull.errors.BackendUnavailableError`.
 """
 
-from modelpull.cluster.errors import ClusterError
 from modelpull.cluster.options import ClusterOptions
 from modelpull.cluster.run import pull_distributed
+from modelpull.errors import ClusterError
 from modelpull.results import ClusterPullResult
 
 __all__ = ["ClusterError", "ClusterOptions", "ClusterPullResult", "pull_distributed"]

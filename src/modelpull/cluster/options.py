@@ -71,7 +71,7 @@ class ClusterOptions:
       it is declared lost. Joining the cluster must also happen within it.
     - ``fallback`` (default on, ``MODELPULL_DIST_FALLBACK``, ``--no-dist-fallback``):
       when a peer is lost, the others fetch its share from the store themselves; off,
-      the pull fails with :class:`~modelpull.cluster.errors.ClusterError` naming it.
+      the pull fails with :class:`~modelpull.errors.ClusterError` naming it.
     - ``backend`` (``gloo``, ``nccl`` or ``auto``; default ``gloo``,
       ``MODELPULL_DIST_BACKEND``): transport of the exchange. ``auto`` uses NCCL when
       every fetcher has a GPU; a failed NCCL exchange falls back to gloo.

@@ -6,8 +6,7 @@ import logging
 from typing import Any
 
 from modelpull import errors
-from modelpull.cluster.errors import ClusterError
-from modelpull.errors import ModelPullError
+from modelpull.errors import ClusterError, ModelPullError
 
 __all__ = ["describe_error", "rebuild_error"]
 

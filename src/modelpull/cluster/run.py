@@ -37,10 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelpull.backends import make_backend
 from modelpull.backends.base import Backend
 from modelpull.cluster.coord import Coordinator, KVStore, StoreLost
-from modelpull.cluster.errors import ClusterError
 from modelpull.cluster.exchange import Exchange
 from modelpull.cluster.inventory import local_state, make_plan
 from modelpull.cluster.options import MIN_CHUNK_SIZE, ClusterOptions
@@ -64,11 +62,9 @@ from modelpull.cluster.transport import (
     rendezvous,
     require_torch,
 )
-from modelpull.compat import tos as tos_compat
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
-from modelpull.engine import Engine
-from modelpull.errors import DestinationError, InterruptedPullError, ModelPullError
+from modelpull.errors import ClusterError, InterruptedPullError, ModelPullError
 from modelpull.events import (
     Event,
     FileDone,
@@ -79,11 +75,12 @@ from modelpull.events import (
     PullFinished,
     PullStarted,
 )
+from modelpull.resolve import Target, resolved
 from modelpull.results import ClusterPullResult, FileOutcome
 from modelpull.retry import retry_events
 from modelpull.state import StateDir
 from modelpull.tally import Tally, dispatcher
-from modelpull.uri import ObjectURI, parse_uri
+from modelpull.transfer import make_dest, transfer
 
 __all__ = ["pull_distributed"]
 
@@ -99,13 +96,14 @@ _calls = itertools.count()
 
 
 def pull_distributed(
-    uri: str,
+    uri: str | Target,
     dest: str | os.PathLike[str],
     *,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     config: PullConfig | None = None,
     credentials: Credentials | None = None,
+    backend: Backend | None = None,
     observers: Sequence[Observer] = (),
     timeout: float | None = None,
     fallback: bool | None = None,
@@ -120,7 +118,7 @@ def pull_distributed(
     environment; ``options`` replaces them whole. Other arguments are
     :func:`modelpull.pull`'s. Raises :class:`~modelpull.errors.ModelPullError`
     subclasses only: :class:`~modelpull.errors.BackendUnavailableError` without torch,
-    :class:`~modelpull.cluster.errors.ClusterError` when the cluster cannot finish.
+    :class:`~modelpull.errors.ClusterError` when the cluster cannot finish.
     """
     require_torch()
     opts = (
@@ -128,60 +126,42 @@ def pull_distributed(
         if options is not None
         else ClusterOptions.from_env(timeout=timeout, fallback=fallback)
     )
-    parsed = parse_uri(uri)
-    if parsed.scheme == "tos":
-        # As modelpull.pull does: TOS_* settings and keys, a native endpoint mapped to S3.
-        cfg = tos_compat.config_for_tos() if config is None else tos_compat.adapt_config(config)
-        credentials = tos_compat.resolve_credentials(cfg, credentials)
-    else:
-        cfg = config if config is not None else PullConfig.from_env()
-    topo = Topology.from_env(opts)
-    target = Path(topo.expand(os.fspath(dest)))
-    started = time.monotonic()
-    # Before joining: a bad setting fails every rank alike, at once, with its own error.
-    backend = make_backend(cfg, credentials)
-    try:
+    with resolved(uri, config, credentials, backend) as source:
+        topo = Topology.from_env(opts)
+        target = Path(topo.expand(os.fspath(dest)))
+        started = time.monotonic()
+        # Before joining: a bad setting fails every rank alike, at once, with its own error.
+        source.open()
         store = rendezvous(topo.rank, topo.world_size, opts.timeout)
-    except BaseException:
-        backend.close()
-        raise
-    coord = Coordinator(store, f"modelpull/{next(_calls)}", topo.rank, opts.timeout)
-    run = _Run(
-        uri=uri,
-        parsed=parsed,
-        target=target,
-        include=include,
-        exclude=exclude,
-        cfg=cfg,
-        opts=opts,
-        topo=topo,
-        coord=coord,
-        store=store,
-        backend=backend,
-        observers=observers,
-    )
-    try:
+        coord = Coordinator(store, f"modelpull/{next(_calls)}", topo.rank, opts.timeout)
+        run = _Run(
+            source=source,
+            target=target,
+            include=include,
+            exclude=exclude,
+            opts=opts,
+            topo=topo,
+            coord=coord,
+            store=store,
+            observers=observers,
+        )
         return run.execute(started)
-    finally:
-        backend.close()
 
 
 @dataclass
 class _Run:
-    uri: str
-    parsed: ObjectURI
+    source: Target
     target: Path
     include: Sequence[str] | None
     exclude: Sequence[str] | None
-    cfg: PullConfig
     opts: ClusterOptions
     topo: Topology
     coord: Coordinator
     store: KVStore
-    backend: Backend
     observers: Sequence[Observer]
 
     def __post_init__(self) -> None:
+        self.cfg = self.source.config
         self.tally = Tally()
         self.emit = dispatcher(self.observers)
         self.me = self.topo.rank
@@ -206,17 +186,12 @@ class _Run:
             log.debug("rank %d: joined; fetchers %s", self.me, list(self.layout.fetchers))
             # After joining, so a DEST that cannot be used is reported to the others at
             # once (through this rank's final status) instead of leaving them to time out.
-            try:
-                self.target.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise DestinationError(
-                    f"cannot create {self.target}: {exc.strerror or exc}", errno=exc.errno
-                ) from exc
+            make_dest(self.target)
             plan = self._plan()
             log.debug("rank %d: plan of %d files", self.me, len(plan.files))
             self.emit(
                 PullStarted(
-                    backend=self.backend.name,
+                    backend=self.source.backend.name,
                     bucket=plan.bucket,
                     files=len(plan.files),
                     bytes=plan.total_bytes,
@@ -257,9 +232,9 @@ class _Run:
             self.rounds,
         )
         return ClusterPullResult(
-            uri=self.uri,
+            uri=str(self.source.uri),
             dest=str(self.target),
-            backend=self.backend.name,
+            backend=self.source.backend_name,
             files_fetched=fetched,
             files_skipped=sum(1 for o in outcomes if o.status == "skipped"),
             bytes_downloaded=self.tally.bytes,
@@ -348,7 +323,9 @@ class _Run:
 
     def _make_plan(self) -> ClusterPlan:
         on_retry = retry_events(dispatcher([self.tally, self.emit]))
-        return make_plan(self.backend, self.parsed, self.include, self.exclude, self.cfg, on_retry)
+        return make_plan(
+            self.source.backend, self.source.uri, self.include, self.exclude, self.cfg, on_retry
+        )
 
     # -- losing peers -----------------------------------------------------------------
 
@@ -514,9 +491,15 @@ class _Run:
             sum(r.length for r in share),
             len(files),
         )
-        engine = Engine(self.backend, self._engine_config(plan), self._internal_emit)
         try:
-            engine.run(plan.bucket, files, self.target, only=only)
+            transfer(
+                self.source,
+                files,
+                self.target,
+                self._internal_emit,
+                config=self._engine_config(plan),
+                only=only,
+            )
         except InterruptedPullError:
             raise
         except ModelPullError as exc:
@@ -594,7 +577,7 @@ class _Run:
         if force is not None:
             cfg = dataclasses.replace(cfg, force=force)
         emit = self._engine_emit(announce)
-        outcomes = Engine(self.backend, cfg, emit).run(plan.bucket, list(plan.files), self.target)
+        outcomes = transfer(self.source, list(plan.files), self.target, emit, config=cfg)
         # A file completed by a share fetch is found complete here, yet this pull fetched it.
         return [
             dataclasses.replace(o, status="fetched")

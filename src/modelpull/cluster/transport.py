@@ -21,8 +21,7 @@ import sys
 from typing import Any
 
 from modelpull.cluster.coord import KVStore
-from modelpull.cluster.errors import ClusterError
-from modelpull.errors import BackendUnavailableError
+from modelpull.errors import BackendUnavailableError, ClusterError
 
 __all__ = [
     "HEADER",

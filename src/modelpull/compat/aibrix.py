@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from modelpull.compat import CompatWarning
-from modelpull.compat import tos as tos_compat
 from modelpull.config import MAX_CONCURRENCY, MIN_PART_SIZE, PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import UsageError
+from modelpull.resolve import Target, resolve
 from modelpull.uri import ObjectURI
 
 __all__ = [
@@ -175,13 +175,13 @@ def settings_from_env(
 
 @dataclass(frozen=True)
 class AibrixPull:
-    """How modelpull pulls what AIBrix's downloader was asked for.
+    """How modelpull pulls what AIBrix's downloader was asked for: the resolved target
+    (close it, or use it in a ``with`` block), and whether to force.
 
     ``force`` also means AIBrix's ``.metadata`` files are not trusted to skip a file.
     """
 
-    config: PullConfig
-    credentials: Credentials | None
+    target: Target
     force: bool
 
 
@@ -232,7 +232,8 @@ def _tuning(settings: DownloaderSettings) -> dict[str, Any]:
 def to_pull(
     settings: DownloaderSettings, uri: ObjectURI, environ: Mapping[str, str] | None = None
 ) -> AibrixPull:
-    """The config, credentials and force flag for pulling ``uri`` with AIBrix's settings.
+    """The target (config, credentials) and force flag for pulling ``uri`` with AIBrix's
+    settings; the target is resolved, as every pull's is, by :func:`modelpull.resolve.resolve`.
 
     Connection settings come from where AIBrix takes them: ``--download-extra-config``
     first, then ``TOS_*`` for ``tos://`` or ``AWS_*`` for ``s3://``. AIBrix's S3 client
@@ -254,12 +255,8 @@ def to_pull(
     force = settings.force_download or not settings.check_file_exist
     if force:
         values["force"] = True
-    if uri.scheme == "tos":
-        config = tos_compat.config_for_tos(env, **values)
-        credentials = tos_compat.resolve_credentials(config, credentials, env)
-    else:
-        config = PullConfig.from_env(env, **values)
-    return AibrixPull(config=config, credentials=credentials, force=force)
+    target = resolve(uri, credentials=credentials, overrides=values, environ=env)
+    return AibrixPull(target=target, force=force)
 
 
 def suffix_globs(suffixes: Sequence[str]) -> list[str]:

@@ -1,14 +1,11 @@
-"""Volcengine TOS: endpoints, ``TOS_*`` variables and the TOS Python SDK's download knobs.
+"""Volcengine TOS: the TOS Python SDK's download knobs, mapped onto :class:`PullConfig`.
 
-TOS speaks two protocols on two host names per region: its native one
-(``tos-<region>.volces.com``, ``tos-<region>.ivolces.com`` inside Volcengine's network),
-which only its own SDKs use, and S3 (``tos-s3-<region>.volces.com`` /
-``tos-s3-<region>.ivolces.com``), which boto3 speaks. Deployments configured for the SDK
-carry a native endpoint in ``TOS_ENDPOINT``; :func:`to_s3_endpoint` maps it so that the
-same variables work with the boto3 engine, and :func:`to_native_endpoint` goes back for
-the ``tos-sdk`` backend. TOS's S3 endpoints serve virtual-hosted requests, so
-``addressing_style="auto"`` becomes ``"virtual"`` for TOS; local stand-in servers need
-``path`` (``--addressing-style path`` / ``MODELPULL_ADDRESSING_STYLE=path``).
+Endpoints and the ``TOS_*`` variables are not mapped here: :mod:`modelpull.uri` holds
+TOS's two endpoint forms (native ``tos-<region>.volces.com`` for its SDK, S3
+``tos-s3-<region>.volces.com`` for boto3) and :func:`modelpull.resolve.resolve` applies
+the ``TOS_*`` variables, the endpoint mapping and TOS's virtual addressing, once, for
+every ``tos://`` pull. Local stand-in servers need ``path`` addressing
+(``--addressing-style path`` / ``MODELPULL_ADDRESSING_STYLE=path``).
 
 For ``tos://`` URIs a setting is taken from, first to last: a CLI flag or Python
 keyword, ``MODELPULL_*``, ``TOS_*``, then ``AWS_*`` and the rest of boto3's chain.
@@ -19,162 +16,42 @@ whenever a HEAD returns it.
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from modelpull.compat import CompatWarning
 from modelpull.config import MAX_CONCURRENCY, MIN_PART_SIZE, PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import UsageError
-from modelpull.uri import normalize_endpoint
+from modelpull.resolve import TOS_ENV, credentials_from_env, resolve_config
+
+# Re-exported for code that found them here: their home is modelpull.uri.
+from modelpull.uri import (
+    endpoint_for_region,
+    region_from_endpoint,
+    to_native_endpoint,
+    to_s3_endpoint,
+)
 
 __all__ = [
     "SDK_DEFAULT_TASK_NUM",
     "TOS_ENV",
     "SdkSettings",
-    "adapt_config",
-    "config_for_tos",
     "credentials_from_env",
     "endpoint_for_region",
     "from_sdk",
     "region_from_endpoint",
-    "resolve_credentials",
     "to_native_endpoint",
     "to_s3_endpoint",
 ]
 
-TOS_ENV = ("TOS_ACCESS_KEY", "TOS_SECRET_KEY", "TOS_SECURITY_TOKEN", "TOS_ENDPOINT", "TOS_REGION")
 # download_file's default: one part at a time. Only a value the caller passes is mapped;
 # modelpull's own default applies otherwise.
 SDK_DEFAULT_TASK_NUM = 1
 # The smallest total rate PullConfig accepts (its token bucket needs a useful burst).
 MIN_BANDWIDTH = 64 * 1024
-
-# Region names are lower-case words and digits joined by dashes: cn-beijing,
-# cn-beijing2, ap-southeast-1. "control" hosts are TOS's control plane, not data.
-_S3_HOST = re.compile(r"^tos-s3-(?P<region>[a-z0-9]+(?:-[a-z0-9]+)*)\.(?P<net>i?volces)\.com$")
-_NATIVE_HOST = re.compile(
-    r"^tos-(?!s3-|control-)(?P<region>[a-z0-9]+(?:-[a-z0-9]+)*)\.(?P<net>i?volces)\.com$"
-)
-
-
-def _with_host(url: str, host: str) -> str:
-    parts = urlsplit(url)
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def to_s3_endpoint(url: str) -> str:
-    """``url`` with a native TOS host replaced by its S3 twin; any other URL as it is.
-
-    ``tos-cn-beijing.volces.com`` becomes ``https://tos-s3-cn-beijing.volces.com`` and
-    ``http://tos-cn-beijing.ivolces.com`` becomes ``http://tos-s3-cn-beijing.ivolces.com``.
-    The result is normalised like any endpoint (``https://`` added when missing).
-    """
-    text = normalize_endpoint(url)
-    host = (urlsplit(text).hostname or "").lower()
-    match = _NATIVE_HOST.match(host)
-    if match is None:
-        return text
-    return _with_host(text, f"tos-s3-{match['region']}.{match['net']}.com")
-
-
-def to_native_endpoint(url: str) -> str:
-    """The inverse of :func:`to_s3_endpoint`, for the TOS SDK (which refuses S3 hosts)."""
-    text = normalize_endpoint(url)
-    host = (urlsplit(text).hostname or "").lower()
-    match = _S3_HOST.match(host)
-    if match is None:
-        return text
-    return _with_host(text, f"tos-{match['region']}.{match['net']}.com")
-
-
-def region_from_endpoint(url: str) -> str | None:
-    """The region a TOS endpoint (native or S3) names, or ``None`` for any other host."""
-    host = (urlsplit(normalize_endpoint(url)).hostname or "").lower()
-    match = _S3_HOST.match(host) or _NATIVE_HOST.match(host)
-    return match["region"] if match else None
-
-
-def endpoint_for_region(region: str) -> str:
-    """The public S3 endpoint of a TOS region, as the SDK derives its own from a region."""
-    if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", region):
-        raise UsageError(f"invalid TOS region {region!r}: expected a name such as cn-beijing")
-    return f"https://tos-s3-{region}.volces.com"
-
-
-def credentials_from_env(environ: Mapping[str, str] | None = None) -> Credentials | None:
-    """``TOS_ACCESS_KEY``/``TOS_SECRET_KEY`` (and ``TOS_SECURITY_TOKEN``), or ``None``.
-
-    ``None`` leaves credentials to boto3's chain. One key without the other is refused
-    rather than half-used.
-    """
-    env = os.environ if environ is None else environ
-    access, secret = env.get("TOS_ACCESS_KEY", ""), env.get("TOS_SECRET_KEY", "")
-    if not access and not secret:
-        return None
-    if not access or not secret:
-        missing = "TOS_SECRET_KEY" if access else "TOS_ACCESS_KEY"
-        raise UsageError(f"{missing} is not set: TOS_ACCESS_KEY and TOS_SECRET_KEY go together")
-    return Credentials(access, secret, env.get("TOS_SECURITY_TOKEN") or None)
-
-
-def resolve_credentials(
-    config: PullConfig,
-    credentials: Credentials | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> Credentials | None:
-    """The credentials for a ``tos://`` pull: explicit ones, else ``TOS_*``, else boto3's chain.
-
-    A named profile (``--profile``) is a request for boto3's chain, so ``TOS_*`` keys
-    do not override it.
-    """
-    if credentials is not None or config.profile is not None:
-        return credentials
-    return credentials_from_env(environ)
-
-
-def adapt_config(config: PullConfig, environ: Mapping[str, str] | None = None) -> PullConfig:
-    """``config`` made ready for TOS: endpoint, region and addressing filled in or mapped.
-
-    ``TOS_ENDPOINT``/``TOS_REGION`` fill only what ``config`` leaves unset (a config
-    passed in is explicit); a native endpoint is mapped to S3; with no endpoint at all
-    the region's public one is used; ``auto`` addressing becomes ``virtual``.
-    """
-    env = os.environ if environ is None else environ
-    endpoint = config.endpoint_url or env.get("TOS_ENDPOINT") or None
-    region = config.region or env.get("TOS_REGION") or None
-    if endpoint is None and region is None:
-        raise UsageError(
-            "a tos:// URI needs an endpoint: set TOS_ENDPOINT (e.g. tos-cn-beijing.volces.com) "
-            "or TOS_REGION, or pass --endpoint-url"
-        )
-    endpoint = to_s3_endpoint(endpoint) if endpoint else endpoint_for_region(str(region))
-    region = region or region_from_endpoint(endpoint)
-    style = "virtual" if config.addressing_style == "auto" else config.addressing_style
-    return dataclasses.replace(config, endpoint_url=endpoint, region=region, addressing_style=style)
-
-
-def config_for_tos(environ: Mapping[str, str] | None = None, **overrides: Any) -> PullConfig:
-    """:meth:`PullConfig.from_env` for ``tos://`` URIs: ``TOS_*`` rank above ``AWS_*``.
-
-    ``overrides`` (those not ``None``) win over everything, as CLI flags do;
-    ``MODELPULL_ENDPOINT_URL``/``MODELPULL_REGION`` win over ``TOS_ENDPOINT``/``TOS_REGION``,
-    which win over ``AWS_ENDPOINT_URL``/``AWS_REGION``. Then :func:`adapt_config` applies.
-    """
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    if "MODELPULL_ENDPOINT_URL" not in env and env.get("TOS_ENDPOINT"):
-        values["endpoint_url"] = env["TOS_ENDPOINT"]
-    if "MODELPULL_REGION" not in env and env.get("TOS_REGION"):
-        values["region"] = env["TOS_REGION"]
-    values.update({name: value for name, value in overrides.items() if value is not None})
-    return adapt_config(PullConfig.from_env(env, **values), env)
 
 
 # --- the TOS SDK's knobs -------------------------------------------------------------
@@ -287,7 +164,8 @@ def from_sdk(environ: Mapping[str, str] | None = None, **kwargs: Any) -> SdkSett
     Each keyword becomes what ``docs/tos-mapping.md`` says; one that cannot be honoured
     as given raises a :class:`~modelpull.compat.CompatWarning` and the nearest behaviour
     is used; an unknown keyword is a :class:`~modelpull.errors.UsageError` (a typo must
-    not pass unnoticed). The rest comes from the environment as in :func:`config_for_tos`.
+    not pass unnoticed). The rest comes from the environment, as
+    :func:`modelpull.resolve.resolve_config` reads it for a ``tos://`` URI.
 
     >>> from_sdk(endpoint="tos-cn-beijing.volces.com", part_size=64 << 20, task_num=8)
     ... # doctest: +SKIP
@@ -354,7 +232,7 @@ def from_sdk(environ: Mapping[str, str] | None = None, **kwargs: Any) -> SdkSett
     if given.get("ca_crt"):
         values["ca_bundle"] = str(given["ca_crt"])
 
-    config = config_for_tos(environ, **values)
+    config = resolve_config("tos", overrides=values, environ=environ)
     bandwidth = _bandwidth(given, config.concurrency)
     if bandwidth is not None:
         config = dataclasses.replace(config, max_bandwidth=bandwidth)

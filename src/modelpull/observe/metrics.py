@@ -1,35 +1,24 @@
-"""Prometheus metrics of a pull: an engine observer, an HTTP endpoint and a textfile.
+"""Prometheus metrics of a pull, recorded: the metric definitions and the engine observer.
 
+Exporting them (an HTTP endpoint, a node_exporter textfile) is :mod:`modelpull.observe.export`.
 Needs the optional ``[metrics]`` extra (prometheus-client); importing this module
 without it raises :class:`~modelpull.errors.BackendUnavailableError`, so the core
 package, which never imports it, works without the extra.
 
 Every series carries ``backend`` and ``bucket`` and nothing per object: keys would make
-the cardinality unbounded. ``docs/metrics.md`` lists the metrics and example alerts.
+the cardinality unbounded. ``docs/metrics.md`` lists the metrics and example alerts; a
+test keeps that list equal to what :class:`MetricsObserver` registers.
 """
 
 from __future__ import annotations
 
-import errno
-import logging
-import os
-import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from socketserver import ThreadingMixIn
-from types import TracebackType
+from collections.abc import Iterable
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from modelpull.errors import (
-    BackendUnavailableError,
-    DestinationError,
-    IntegrityError,
-    UsageError,
-)
+from modelpull.errors import BackendUnavailableError, IntegrityError
 from modelpull.events import (
     BytesTransferred,
     Event,
@@ -46,14 +35,7 @@ from modelpull.events import (
 )
 
 try:
-    from prometheus_client import (
-        CollectorRegistry,
-        Counter,
-        Gauge,
-        Histogram,
-        make_wsgi_app,
-        write_to_textfile,
-    )
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
     from prometheus_client.metrics_core import CounterMetricFamily, Metric
 except ImportError as exc:  # the optional [metrics] extra
     raise BackendUnavailableError(
@@ -61,21 +43,12 @@ except ImportError as exc:  # the optional [metrics] extra
     ) from exc
 
 __all__ = [
-    "DEFAULT_METRICS_ADDR",
     "FILE_BUCKETS",
     "INTEGRITY_RETRY_REASON",
     "REQUEST_BUCKETS",
     "MetricsObserver",
-    "MetricsServer",
-    "check_textfile_path",
-    "export_metrics",
-    "parse_listen",
-    "serve",
-    "write_textfile",
 ]
 
-# All interfaces, as Prometheus exporters do: the scraper is usually on another host.
-DEFAULT_METRICS_ADDR = "0.0.0.0"  # noqa: S104
 # Seconds. One histogram serves both phases of a request (see docs/metrics.md): time to
 # first byte sits in the low buckets, a whole 32 MiB part in the high ones.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -86,8 +59,6 @@ FILE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 
 INTEGRITY_RETRY_REASON = "integrity"
 
 _LABELS = ("backend", "bucket")
-
-log = logging.getLogger("modelpull")
 
 
 class _PerThreadSum:
@@ -328,178 +299,3 @@ class MetricsObserver:
                 m.ended.labels(*self._labels).set(time.time())
             case _:
                 pass
-
-
-# -- the /metrics endpoint ---------------------------------------------------------------
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log on stderr: it would interleave with progress and logs."""
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    # A slow scraper must not hold up another, nor keep the process alive at exit.
-    daemon_threads = True
-
-
-class MetricsServer:
-    """``/metrics`` served over HTTP from a daemon thread until :meth:`close` (or the
-    end of a ``with`` block).
-
-    Made here rather than with ``prometheus_client.start_http_server`` because that
-    returns no handle before 0.20, and its handle's ``shutdown`` leaves the port bound.
-    """
-
-    def __init__(
-        self, port: int, registry: CollectorRegistry, *, addr: str = DEFAULT_METRICS_ADDR
-    ) -> None:
-        # An IPv6 address needs an AF_INET6 socket; WSGIServer's default is AF_INET.
-        info = socket.getaddrinfo(
-            addr or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        server_class = type("_Server", (_ThreadingServer,), {"address_family": info[0]})
-        self._httpd: WSGIServer = make_server(
-            str(info[4][0]),
-            port,
-            make_wsgi_app(registry),
-            server_class=server_class,
-            handler_class=_QuietHandler,
-        )
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="modelpull-metrics", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return str(self._httpd.server_address[0])
-
-    @property
-    def port(self) -> int:
-        """The bound port: the one asked for, or the one chosen for port 0."""
-        return int(self._httpd.server_address[1])
-
-    @property
-    def url(self) -> str:
-        """Where to scrape from this host (loopback when bound to all interfaces)."""
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.address, self.address)  # noqa: S104
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}/metrics"
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``PORT``, ``ADDR:PORT`` or ``[IPv6]:PORT`` as given to ``--metrics-port``."""
-    addr, sep, port_text = value.rpartition(":")
-    if not sep:
-        addr = DEFAULT_METRICS_ADDR
-    elif addr.startswith("[") and addr.endswith("]"):
-        addr = addr[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535 or (sep and not addr):
-        raise UsageError(f"--metrics-port must be PORT or ADDR:PORT (0-65535), not {value!r}")
-    return addr, port
-
-
-def serve(
-    port: int, registry: CollectorRegistry, *, addr: str = DEFAULT_METRICS_ADDR
-) -> MetricsServer:
-    """Serve ``registry`` on ``http://addr:port/metrics`` (all interfaces by default).
-
-    Port 0 picks a free port (see :attr:`MetricsServer.port`). A port in use or an
-    address that cannot be bound raises :class:`~modelpull.errors.UsageError`.
-    """
-    try:
-        return MetricsServer(port, registry, addr=addr)
-    except OSError as exc:
-        why = "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-        raise UsageError(f"cannot serve metrics on {addr}:{port}: {why}") from exc
-
-
-# -- the node_exporter textfile -----------------------------------------------------------
-
-
-def check_textfile_path(path: str | os.PathLike[str]) -> None:
-    """Fail before the pull when the textfile's folder is missing or not writable."""
-    folder = os.path.dirname(os.path.abspath(path))  # noqa: PTH100, PTH120
-    if not os.path.isdir(folder):  # noqa: PTH112
-        raise UsageError(f"--metrics-file: no such folder: {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"--metrics-file: cannot write to {folder}")
-
-
-def write_textfile(path: str | os.PathLike[str], registry: CollectorRegistry) -> None:
-    """Write ``registry`` to ``path`` in the text format node_exporter's textfile reads.
-
-    Atomic: prometheus-client writes a temp file beside ``path`` and renames it over, so
-    a collector never reads half a file (name it ``*.prom`` for the textfile collector;
-    the temp name does not end in ``.prom``). Raises
-    :class:`~modelpull.errors.DestinationError` when it cannot be written.
-    """
-    try:
-        write_to_textfile(os.fspath(path), registry)
-    except OSError as exc:
-        raise DestinationError(
-            f"cannot write metrics file {os.fspath(path)}: {exc.strerror or exc}",
-            errno=exc.errno,
-        ) from exc
-
-
-@contextmanager
-def export_metrics(
-    *,
-    backend: str,
-    bucket: str,
-    listen: str | None = None,
-    textfile: str | os.PathLike[str] | None = None,
-    registry: CollectorRegistry | None = None,
-) -> Iterator[MetricsObserver]:
-    """The CLI's metrics: an observer, served on ``listen`` during the block, written
-    to ``textfile`` at its end, failed pulls included (they are what alerts need).
-
-    ``listen`` is ``--metrics-port``'s ``[ADDR:]PORT``. A textfile error after a failed
-    pull is logged rather than raised, so it never hides the pull's own error.
-    """
-    if textfile is not None:
-        check_textfile_path(textfile)
-    observer = MetricsObserver(registry, backend=backend, bucket=bucket)
-    server = None
-    if listen is not None:
-        addr, port = parse_listen(listen)
-        server = serve(port, observer.registry, addr=addr)
-        host = f"[{addr}]" if ":" in addr else addr
-        log.info("serving metrics on http://%s:%d/metrics", host, server.port)
-    failed = True
-    try:
-        yield observer
-        failed = False
-    finally:
-        if server is not None:
-            server.close()
-        if textfile is not None:
-            try:
-                write_textfile(textfile, observer.registry)
-            except DestinationError:
-                if not failed:
-                    raise
-                log.exception("could not write the metrics file")

@@ -1,0 +1,168 @@
+"""What each subcommand does once its arguments are parsed: resolve, call the library, print.
+
+Each store command resolves its URI once (:func:`modelpull.resolve.resolve`, with the
+flags as overrides) and hands the :class:`~modelpull.resolve.Target` on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelpull import errors
+from modelpull.api import list_objects, pull
+from modelpull.cli.options import config_overrides
+from modelpull.config import PullConfig
+from modelpull.events import Observer
+from modelpull.observe.logs import LogObserver
+from modelpull.observe.progress import ProgressDisplay
+from modelpull.resolve import Target, resolve
+from modelpull.results import PullResult
+from modelpull.units import format_size, parse_duration
+
+if TYPE_CHECKING:
+    from modelpull.cluster.options import ClusterOptions
+
+__all__ = ["COMMANDS"]
+
+log = logging.getLogger("modelpull")
+
+
+def _target(args: argparse.Namespace) -> Target:
+    return resolve(args.uri, overrides=config_overrides(args))
+
+
+def _warn_insecure(config: PullConfig) -> None:
+    if not config.verify_ssl:
+        log.warning("TLS certificate verification is OFF: anyone on the path can alter the model")
+        # One warning from us instead of one per request from urllib3.
+        warnings.filterwarnings("ignore", message="Unverified HTTPS request")
+
+
+def _print_summary(result: PullResult) -> None:
+    print(
+        f"pulled {result.files_fetched} files ({format_size(result.bytes_downloaded)}) "
+        f"in {result.seconds:.1f}s, {result.mb_per_s:.1f} MB/s; "
+        f"{result.files_skipped} already complete"
+        + (
+            f"; retries: {', '.join(f'{k}={v}' for k, v in sorted(result.retries.items()))}"
+            if result.retries
+            else ""
+        )
+    )
+
+
+def _cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
+    """``--distributed``'s options, or ``None`` without it."""
+    if not args.distributed:
+        if args.dist_timeout is not None or args.no_dist_fallback:
+            raise errors.UsageError("--dist-timeout and --no-dist-fallback need --distributed")
+        return None
+    from modelpull.cluster.options import ClusterOptions  # the cluster's modules on demand
+
+    timeout = args.dist_timeout
+    return ClusterOptions.from_env(
+        timeout=parse_duration(timeout, what="--dist-timeout") if timeout is not None else None,
+        fallback=False if args.no_dist_fallback else None,
+    )
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    with ExitStack() as stack:
+        target = stack.enter_context(_target(args))
+        _warn_insecure(target.config)
+        interval = parse_duration(args.progress_interval, what="--progress-interval")
+        cluster = _cluster_options(args)
+        observers: list[Observer] = []
+        # Event logs only when asked for: at the default level a failed file would
+        # repeat the one error line that main() prints.
+        if args.verbose or args.log_format == "json":
+            observers.append(LogObserver())
+        if args.metrics_port is not None or args.metrics_file is not None:
+            from modelpull.observe.export import export_metrics  # the [metrics] extra
+
+            metrics = export_metrics(
+                backend=target.backend_name,
+                bucket=target.bucket,
+                listen=args.metrics_port,
+                textfile=args.metrics_file,
+            )
+            observers.append(stack.enter_context(metrics))
+        # JSON logs are for machines: plain status lines would break them up.
+        show = not args.no_progress and (args.log_format != "json" or sys.stderr.isatty())
+        progress = stack.enter_context(ProgressDisplay(enabled=show, interval=interval))
+        result = pull(
+            target,
+            args.dest,
+            include=args.include,
+            exclude=args.exclude,
+            observers=[progress, *observers],
+            distributed=cluster or False,
+        )
+    if args.json:
+        print(json.dumps({"ok": True, **result.to_dict()}, sort_keys=True))
+    else:
+        _print_summary(result)
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    with _target(args) as target:
+        _warn_insecure(target.config)
+        for item in list_objects(target):
+            if args.json:
+                obj = item.obj
+                print(
+                    json.dumps(
+                        {"path": item.path, "key": obj.key, "size": obj.size, "etag": obj.etag}
+                    )
+                )
+            else:
+                print(f"{item.obj.size:>14}  {item.path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from modelpull.demo import run_demo
+
+    status: int = run_demo(
+        keep=Path(args.keep) if args.keep else None,
+        progress=False if args.no_progress else None,
+    )
+    return status
+
+
+def _whole_number(value: str, flag: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise errors.UsageError(f"{flag} must be a whole number, not {value!r}") from None
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from modelpull.bench import config_env, markdown, parse_list, parse_sizes, run_bench
+
+    # Each trial is a pull of its own, in a child process: only the settings travel.
+    with _target(args) as target:
+        env = config_env(target.config)
+    rows = run_bench(
+        args.uri,
+        backends=parse_list(args.backends, "--backends", str),
+        concurrencies=parse_list(args.concurrency, "--concurrency", int),
+        part_sizes=parse_sizes(args.part_size),
+        rounds=_whole_number(args.rounds, "--rounds"),
+        out_dir=Path(args.output),
+        work_dir=Path(args.work_dir) if args.work_dir else None,
+        env=env,
+    )
+    print(markdown(rows), end="")
+    return 0
+
+
+COMMANDS = {"pull": _cmd_pull, "ls": _cmd_ls, "bench": _cmd_bench, "demo": _cmd_demo}

@@ -1,0 +1,55 @@
+"""The one way from already-listed files into the engine, for every kind of pull.
+
+:func:`modelpull.pull`, :func:`modelpull.pull_files` and the cluster pull all end in
+:func:`transfer`; what differs between them (listing, reports, rounds) stays with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+
+from modelpull.config import PullConfig
+from modelpull.engine import Engine
+from modelpull.errors import DestinationError
+from modelpull.events import Event
+from modelpull.objects import RemoteFile
+from modelpull.resolve import Target
+from modelpull.results import FileOutcome
+from modelpull.retry import RetryPolicy
+
+__all__ = ["make_dest", "transfer"]
+
+
+def make_dest(dest: Path) -> None:
+    """Create DEST (and its parents) or raise :class:`~modelpull.errors.DestinationError`."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DestinationError(
+            f"cannot create {dest}: {exc.strerror or exc}", errno=exc.errno
+        ) from exc
+
+
+def transfer(
+    target: Target,
+    files: Sequence[RemoteFile],
+    dest: Path,
+    emit: Callable[[Event], None],
+    *,
+    config: PullConfig | None = None,
+    retry: RetryPolicy | None = None,
+    only: Mapping[str, Collection[int]] | None = None,
+) -> list[FileOutcome]:
+    """Fetch ``files`` of ``target``'s bucket into ``dest`` (created when missing).
+
+    ``config`` replaces the target's for this run (the cluster pull pins the part size,
+    so part indices mean the same on every node); ``retry`` defaults to the config's
+    policy; ``only`` is :meth:`modelpull.engine.Engine.run`'s. Events go to ``emit``
+    alone: reports (``PullStarted``, ``PullFinished``, results) are the caller's.
+    """
+    make_dest(dest)
+    engine = Engine(
+        target.backend, config if config is not None else target.config, emit, retry=retry
+    )
+    return engine.run(target.bucket, files, dest, only=only)
