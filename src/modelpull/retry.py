@@ -96,8 +96,8 @@ class RetryPolicy:
     ) -> T:
         """``fn()``, retried under this policy; ``on_retry(exc, attempt, delay)`` before each wait.
 
-        Errors that are not retryable propagate at once. A retryable error that outlives
-        the budget or the deadline after more than one attempt becomes
+        Errors that are not retryable propagate at once. A transient store error that
+        outlives the budget or the deadline after more than one attempt becomes
         :class:`~modelpull.errors.RetriesExhaustedError` (``what`` names the request in
         its message). A ``stop`` event set during a wait re-raises the last error at once.
         """
@@ -109,7 +109,9 @@ class RetryPolicy:
             except ModelPullError as exc:
                 delay = self.delay(attempt, exc)
                 if delay is None:
-                    if attempt > 1 and isinstance(exc, StoreError) and is_retryable(exc):
+                    # An unreachable endpoint stays what it is (its own exit code); a
+                    # store that kept failing becomes "retries exhausted".
+                    if attempt > 1 and isinstance(exc, TransientStoreError):
                         raise _exhausted(exc, attempt, what) from exc
                     raise
                 if on_retry is not None:

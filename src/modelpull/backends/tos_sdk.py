@@ -45,7 +45,7 @@ from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import BackendUnavailableError, ModelPullError, StoreError, UsageError
 from modelpull.objects import ObjectInfo
-from modelpull.uri import region_from_endpoint
+from modelpull.uri import normalize_endpoint, region_from_endpoint
 
 try:
     import requests.exceptions as rexc
@@ -154,7 +154,8 @@ class TosSdkBackend(RangedGetBackend):
         self.names = names_for(scheme)
         verify = tls_verify(config)
         if config.endpoint_url:
-            endpoint = config.endpoint_url  # native form: resolve() maps it
+            # Native form (resolve() maps an S3 host); a scheme is added when missing.
+            endpoint = normalize_endpoint(config.endpoint_url)
         elif config.region:
             endpoint = f"https://tos-{config.region}.volces.com"
         else:
