@@ -16,6 +16,7 @@ import urllib3.exceptions as uexc
 from tos.exceptions import TosClientError, TosServerError
 
 from modelpull import errors
+from modelpull.backends.boto3 import Boto3Backend
 from modelpull.backends.tos_sdk import translate
 from modelpull.compat import CompatWarning
 from modelpull.compat import aibrix as ab
@@ -129,6 +130,18 @@ def test_config_for_tos_region_alone_gives_the_public_endpoint() -> None:
 def test_config_for_tos_needs_an_endpoint() -> None:
     with pytest.raises(errors.UsageError, match="TOS_ENDPOINT"):
         tc.config_for_tos({})
+
+
+def test_tos_native_endpoint_is_mapped_before_use() -> None:
+    cfg = tc.config_for_tos({"TOS_ENDPOINT": "tos-cn-beijing.ivolces.com"})
+    backend = Boto3Backend(cfg, Credentials("ak", "sk"))
+    try:
+        # botocore builds virtual-hosted URLs on the S3 twin of the native endpoint.
+        client: Any = backend._client
+        url = client.generate_presigned_url("get_object", Params={"Bucket": "models", "Key": "k"})
+    finally:
+        backend.close()
+    assert url.startswith("https://models.tos-s3-cn-beijing.ivolces.com/k?")
 
 
 def test_precedence_flag_modelpull_tos_aws() -> None:
