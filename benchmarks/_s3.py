@@ -1,6 +1,7 @@
-"""What the helper scripts share: the boto3 client every boto3 arm uses, and the listing.
+"""What the benchmark scripts share: the boto3 client every boto3 arm uses, the listing,
+and the benchmarks' own client for setting up the store.
 
-The client reads its endpoint and keys from the environment the benchmark sets
+The arms' client reads its endpoint and keys from the environment the benchmark sets
 (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...), addresses buckets in the path, and
 asks for checksums only when an operation requires them, so botocore neither adds
 flexible-checksum headers nor validates them on GETs.
@@ -14,7 +15,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-__all__ = ["list_prefix", "make_client"]
+__all__ = ["admin_client", "list_prefix", "make_client"]
 
 
 def make_client(max_pool_connections: int = 10) -> Any:
@@ -37,3 +38,15 @@ def list_prefix(client: Any, bucket: str, prefix: str) -> list[tuple[str, int]]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         found.extend((obj["Key"], obj["Size"]) for obj in page.get("Contents", ()))
     return found
+
+
+def admin_client(endpoint: str, access_key: str, secret_key: str) -> Any:
+    """The benchmark's own client, for setting up the store (not one of the arms)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )

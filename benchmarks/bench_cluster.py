@@ -49,9 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
+from _s3 import admin_client
 from modelpull.demo import RcloneS3Server
 
 HERE = Path(__file__).resolve().parent
@@ -117,14 +115,7 @@ def tree_hashes(folder: Path) -> dict[str, str]:
 def warm_up(endpoint: str, access_key: str, secret_key: str) -> None:
     """List and HEAD every object once: rclone hashes a file (for its MD5 ETag) when first
     asked, and that should not land on the first timed run."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    client = admin_client(endpoint, access_key, secret_key)
     for obj in client.list_objects_v2(Bucket=BUCKET, Prefix=PREFIX).get("Contents", ()):
         client.head_object(Bucket=BUCKET, Key=obj["Key"])
 

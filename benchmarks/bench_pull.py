@@ -27,22 +27,18 @@ import os
 import platform
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
+from _s3 import admin_client
 from modelpull.demo import RcloneS3Server
 from modelpull.demo.rclone import find_rclone
 
@@ -203,69 +199,6 @@ def _answers(host: str, port: int, path: str = "/") -> int | None:
     finally:
         conn.close()
     return response.status
-
-
-@contextlib.contextmanager
-def anonymous_rclone(root: Path, scratch: Path) -> Iterator[str]:
-    """``rclone serve s3`` over ``root`` without ``--auth-key``: anonymous access.
-
-    For the TOS SDK, whose TOS-style signature rclone refuses (400
-    ``UnsupportedAlgorithm``); an anonymous rclone ignores the Authorization header.
-    RcloneS3Server always sets a key, hence this launcher. Yields the endpoint URL.
-    """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    (scratch / "rclone-anon.conf").touch()
-    log = (scratch / "rclone-anon.log").open("wb")
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RCLONE_")}
-    args = [
-        str(find_rclone()),
-        "serve",
-        "s3",
-        str(root),
-        "--addr",
-        f"127.0.0.1:{port}",
-        "--force-path-style=true",
-        "--etag-hash",
-        "MD5",
-        "--vfs-cache-mode",
-        "off",
-        "--config",
-        str(scratch / "rclone-anon.conf"),
-        "--cache-dir",
-        str(scratch / "rclone-anon-cache"),
-        "--log-level",
-        "NOTICE",
-    ]
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
-    try:
-        deadline = time.monotonic() + 20
-        while _answers("127.0.0.1", port) is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"anonymous rclone did not start: see {log.name}")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def admin_client(endpoint: str, access_key: str, secret_key: str) -> Any:
-    """The benchmark's own client, for setting up the store (not one of the arms)."""
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
-    )
 
 
 def upload(endpoint: str, access_key: str, secret_key: str, source: Path) -> None:
@@ -739,7 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tos_endpoint = None
         if "tos-sdk" in arms:
             # Rooted at the bucket folder: the SDK's /bench-model/<file> is bucket + key.
-            tos_endpoint = stack.enter_context(anonymous_rclone(root / BUCKET, work))
+            anonymous = RcloneS3Server(root / BUCKET, anonymous=True)
+            tos_endpoint = stack.enter_context(anonymous).endpoint_url
         warm_up(server.endpoint_url, creds.access_key, creds.secret_key, tos_endpoint)
 
         proxy = reset_rule = None

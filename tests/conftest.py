@@ -8,6 +8,7 @@ tests never see each other's objects.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,17 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, _no_aws_files: Path) 
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(_no_aws_files / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(_no_aws_files / "credentials"))
+
+
+@pytest.fixture
+def restore_logger() -> Iterator[None]:
+    """The ``modelpull`` logger as it was, after a test that set up logging on it."""
+    logger = logging.getLogger("modelpull")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="session")

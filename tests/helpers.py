@@ -1,11 +1,29 @@
-"""Test helpers shared by the suite: one S3 server seen through :class:`S3Store`."""
+"""Test helpers shared by the suite.
+
+- :class:`S3Store`: one local S3 server (moto or rclone) and ways to use it.
+- :func:`isolated_env`: an environment for a subprocess that the developer's shell
+  cannot change (``S3Store.env`` builds on it).
+- :func:`run_cli` and :func:`start_cli`: ``python -m modelpull ...`` in a subprocess
+  (:func:`run_command` for any other command line).
+- :func:`tree`: what a pull left under its final names.
+- :func:`free_port`, :func:`parts_done`, :func:`wait_until`: for tests that drive
+  processes from outside.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import posixpath
+import socket
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -14,13 +32,48 @@ from botocore.config import Config
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 
-__all__ = ["ISOLATED_PREFIXES", "MOTO_CREDENTIALS", "S3Store"]
+__all__ = [
+    "CLI_TIMEOUT",
+    "ISOLATED_PREFIXES",
+    "MOTO_CREDENTIALS",
+    "REGION",
+    "S3Store",
+    "cli_command",
+    "free_port",
+    "isolated_env",
+    "parts_done",
+    "run_cli",
+    "run_command",
+    "start_cli",
+    "tree",
+    "wait_until",
+]
 
 # Variables that would let a developer's shell change a result; conftest removes them.
 ISOLATED_PREFIXES = ("AWS_", "TOS_", "MODELPULL_", "DOWNLOADER_")
 # moto checks no signature: any pair works, as long as it is always the same.
 MOTO_CREDENTIALS = Credentials(access_key="modelpull-test", secret_key="modelpull-test-secret")
 REGION = "us-east-1"
+# Seconds a CLI subprocess may take before the test fails instead of hanging.
+CLI_TIMEOUT = 120.0
+
+
+def isolated_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without ``AWS_*``/``TOS_*``/``MODELPULL_*``/``DOWNLOADER_*``,
+    with AWS config files that lead nowhere and no EC2 metadata lookups; then ``extra``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(ISOLATED_PREFIXES)}
+    return (
+        base
+        | {
+            # conftest points these at files that do not exist; outside a test, at nothing.
+            "AWS_CONFIG_FILE": os.environ.get("AWS_CONFIG_FILE", os.devnull),
+            "AWS_SHARED_CREDENTIALS_FILE": os.environ.get(
+                "AWS_SHARED_CREDENTIALS_FILE", os.devnull
+            ),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        | dict(extra or {})
+    )
 
 
 class S3Store:
@@ -81,21 +134,117 @@ class S3Store:
 
     def env(self) -> dict[str, str]:
         """Environment for running the CLI in a subprocess against this server."""
-        base = {k: v for k, v in os.environ.items() if not k.startswith(ISOLATED_PREFIXES)}
-        return base | {
-            # conftest points these at files that do not exist; outside a test, at nothing.
-            "AWS_CONFIG_FILE": os.environ.get("AWS_CONFIG_FILE", os.devnull),
-            "AWS_SHARED_CREDENTIALS_FILE": os.environ.get(
-                "AWS_SHARED_CREDENTIALS_FILE", os.devnull
-            ),
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_ACCESS_KEY_ID": self.credentials.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.credentials.secret_key,
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_REGION": REGION,
-            "MODELPULL_ADDRESSING_STYLE": "path",
-        }
+        return isolated_env(
+            {
+                "AWS_ACCESS_KEY_ID": self.credentials.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.credentials.secret_key,
+                "AWS_ENDPOINT_URL": self.endpoint_url,
+                "AWS_REGION": REGION,
+                "MODELPULL_ADDRESSING_STYLE": "path",
+            }
+        )
 
     def config(self, **overrides: Any) -> PullConfig:
         """A :class:`PullConfig` for this server; ``overrides`` set other fields."""
         return PullConfig(endpoint_url=self.endpoint_url, addressing_style="path", **overrides)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` but modelpull's own ``.modelpull`` folder, with its bytes."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and ".modelpull" not in p.relative_to(root).parts
+    }
+
+
+def cli_command(*args: str, module: str = "modelpull") -> list[str]:
+    """``python -m modelpull ARGS`` (or another ``module``) with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def run_command(
+    argv: Sequence[str], env: Mapping[str, str], *, timeout: float = CLI_TIMEOUT, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with exactly ``env``; stdout and stderr captured as text.
+
+    Never raises for an exit status (check ``returncode``); a run longer than
+    ``timeout`` seconds raises :class:`subprocess.TimeoutExpired`. ``kwargs`` go to
+    :func:`subprocess.run` (``stderr=`` a terminal, for instance).
+    """
+    options: dict[str, Any] = {"capture_output": True} | kwargs
+    if "stdout" in kwargs or "stderr" in kwargs:
+        options.pop("capture_output")
+    return subprocess.run(
+        list(argv), env=dict(env), text=True, timeout=timeout, check=False, **options
+    )
+
+
+def run_cli(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    module: str = "modelpull",
+    prefix: Sequence[str] = (),
+    timeout: float = CLI_TIMEOUT,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m modelpull ARGS`` with exactly ``env``: :func:`run_command`'s result.
+
+    ``prefix`` goes before the interpreter (``["unshare", "-m", ...]``).
+    """
+    argv = [*prefix, *cli_command(*args, module=module)]
+    return run_command(argv, env, timeout=timeout, **kwargs)
+
+
+def start_cli(
+    args: Sequence[str], env: Mapping[str, str], *, module: str = "modelpull"
+) -> subprocess.Popen[str]:
+    """Start ``python -m modelpull ARGS`` with exactly ``env``; stdout and stderr piped."""
+    return subprocess.Popen(
+        cli_command(*args, module=module),
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def parts_done(dest: Path) -> int:
+    """Parts recorded in the resume journals under ``dest`` (0 while none is readable)."""
+    total = 0
+    for journal in (dest / ".modelpull" / "incomplete").glob("*.journal"):
+        # A journal being replaced may be gone or half-read: it counts next time.
+        with contextlib.suppress(OSError, ValueError):
+            total += len(json.loads(journal.read_text())["done"])
+    return total
+
+
+def wait_until(
+    what: str,
+    check: Callable[[], bool],
+    procs: Iterable[subprocess.Popen[str]] = (),
+    timeout: float = 60.0,
+) -> None:
+    """Poll ``check`` until it holds; fail if any of ``procs`` ends first, or on timeout."""
+    procs = list(procs)
+    deadline = time.monotonic() + timeout
+    while not check():
+        for proc in procs:
+            if proc.poll() is not None:
+                output: object = "(output not readable)"
+                with contextlib.suppress(ValueError, OSError, subprocess.TimeoutExpired):
+                    output = proc.communicate(timeout=10)
+                raise AssertionError(
+                    f"a process ended (status {proc.returncode}) before {what}: {output}"
+                )
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

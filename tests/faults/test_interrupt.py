@@ -6,16 +6,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import S3Store
+from tests.helpers import S3Store, parts_done, run_cli, start_cli, wait_until
 
 from .proxy import FaultProxy, Rule, delay
+
+# Every test here pulls through a store slowed down to seconds a pull.
+pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
 SIZE = 24 * MiB
@@ -34,52 +36,27 @@ def slow(rclone_store: S3Store) -> Iterator[tuple[FaultProxy, str]]:
 
 def start(store: S3Store, proxy: FaultProxy, bucket: str, dest: Path) -> subprocess.Popen[str]:
     env = store.env() | {"AWS_ENDPOINT_URL": proxy.url}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modelpull",
-            "pull",
-            f"s3://{bucket}/m/",
-            str(dest),
-            "--part-size",
-            "1MiB",
-            "--concurrency",
-            "2",
-            "--json",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def parts_done(dest: Path) -> int:
-    for journal in (dest / ".modelpull" / "incomplete").glob("*.journal"):
-        try:
-            return len(json.loads(journal.read_text())["done"])
-        except (OSError, ValueError):
-            return 0
-    return 0
+    args = ["pull", f"s3://{bucket}/m/", str(dest), "--part-size", "1MiB", "--concurrency", "2"]
+    return start_cli([*args, "--json"], env)
 
 
 def wait_for_parts(proc: subprocess.Popen[str], dest: Path, n: int) -> None:
-    deadline = time.monotonic() + 60
-    while parts_done(dest) < n:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the pull made no progress"
-        time.sleep(0.05)
+    wait_until(f"{n} parts in the journal", lambda: parts_done(dest) >= n, [proc])
+
+
+def kill_9_after(store: S3Store, proxy: FaultProxy, bucket: str, dest: Path, n: int) -> None:
+    """A pull into ``dest`` killed with SIGKILL once ``n`` parts are in its journal."""
+    proc = start(store, proxy, bucket, dest)
+    wait_for_parts(proc, dest, n)
+    proc.kill()
+    proc.communicate()
 
 
 def test_kill_9_then_resume(
     rclone_store: S3Store, slow: tuple[FaultProxy, str], tmp_path: Path
 ) -> None:
     proxy, bucket = slow
-    proc = start(rclone_store, proxy, bucket, tmp_path)
-    wait_for_parts(proc, tmp_path, 14)
-    proc.kill()
-    proc.communicate()
+    kill_9_after(rclone_store, proxy, bucket, tmp_path, 14)
     assert not (tmp_path / "w.bin").exists()
     kept = parts_done(tmp_path)
     assert kept >= 14
@@ -126,10 +103,7 @@ def test_journal_of_another_version_is_not_trusted(
     rclone_store: S3Store, slow: tuple[FaultProxy, str], tmp_path: Path
 ) -> None:
     proxy, bucket = slow
-    proc = start(rclone_store, proxy, bucket, tmp_path)
-    wait_for_parts(proc, tmp_path, 4)
-    proc.kill()
-    proc.communicate()
+    kill_9_after(rclone_store, proxy, bucket, tmp_path, 4)
     # The object is replaced between the two runs: the kept parts belong to the old one.
     new = os.urandom(SIZE)
     rclone_store.put(bucket, "m/w.bin", new)
@@ -147,23 +121,7 @@ def test_status_lines_when_stderr_is_a_pipe(
 ) -> None:
     proxy, bucket = slow
     env = rclone_store.env() | {"AWS_ENDPOINT_URL": proxy.url}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "modelpull",
-            "pull",
-            f"s3://{bucket}/m/",
-            str(tmp_path),
-            "--progress-interval",
-            "0.3",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path), "--progress-interval", "0.3"], env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     # Plain lines for container logs: no carriage returns, no bar drawing.

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,7 +15,7 @@ import modelpull
 from modelpull.checksums import CRC_KINDS
 from modelpull.config import PullConfig
 from modelpull.events import Event, FileVerified
-from tests.helpers import S3Store
+from tests.helpers import S3Store, run_cli
 
 from .proxy import (
     FaultProxy,
@@ -148,6 +146,7 @@ def test_server_errors_are_retried(
     assert result.retries == {s3_code: 2}
 
 
+@pytest.mark.slow
 def test_retry_after_is_honoured(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:
@@ -158,6 +157,7 @@ def test_retry_after_is_honoured(
     assert_intact(tmp_path)
 
 
+@pytest.mark.slow
 def test_slow_response_times_out_and_is_retried(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:
@@ -332,27 +332,20 @@ def test_verify_strict_fails_without_a_checksum(
     assert not (tmp_path / "w.bin").exists()
 
 
+@pytest.mark.slow
 def test_cli_reports_retries_and_integrity(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:
     proxy.add_rule(Rule(status(503, "SlowDown"), method="GET", path="config.json", times=1))
     env = store.env() | {"AWS_ENDPOINT_URL": proxy.url}
-    cmd = [
-        sys.executable,
-        "-m",
-        "modelpull",
-        "pull",
-        f"s3://{bucket}/m/",
-        str(tmp_path / "a"),
-        "--json",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    args = ["pull", f"s3://{bucket}/m/", str(tmp_path / "a"), "--json"]
+    proc = run_cli(args, env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["retries"] == {"SlowDown": 1}
 
     proxy.add_rule(Rule(flip_byte(0), method="GET", path="config.json", times=None))
-    cmd[5] = str(tmp_path / "b")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    args[2] = str(tmp_path / "b")
+    proc = run_cli(args, env)
     assert proc.returncode == 7
     assert "config.json" in proc.stderr and "md5" in proc.stderr
     assert json.loads(proc.stdout)["error"]["type"] == "IntegrityError"

@@ -16,7 +16,6 @@ import json
 import os
 import pty
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from modelpull.aibrix import download_model
 from modelpull.compat import CompatWarning
 from modelpull.events import BytesTransferred, Event, FileQueued
 from tests.faults.proxy import FaultProxy
-from tests.helpers import S3Store
+from tests.helpers import S3Store, isolated_env, run_cli, tree
 
 MiB = 1 << 20
 FILES = {
@@ -80,15 +79,6 @@ def aibrix_reference(
     return downloaded
 
 
-def layout(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` but modelpull's own folder, with its bytes."""
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and ".modelpull" not in p.relative_to(root).parts
-    }
-
-
 @pytest.fixture
 def bucket(store: S3Store) -> str:
     name = store.new_bucket()
@@ -107,17 +97,10 @@ def aibrix_env(store: S3Store, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
 
 
 def run_dropin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MODELPULL_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "modelpull.aibrix", *args],
-        env=base | env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(args, isolated_env(env), module="modelpull.aibrix")
 
 
+@pytest.mark.slow
 def test_same_layout_as_aibrix(
     store: S3Store, bucket: str, aibrix_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -126,7 +109,7 @@ def test_same_layout_as_aibrix(
     done = run_dropin(aibrix_env, "--model-uri", uri, "--local-dir", str(tmp_path / "modelpull"))
     assert done.returncode == 0, done.stderr
     assert "6 files fetched" in done.stdout
-    ours, theirs = layout(tmp_path / "modelpull"), layout(tmp_path / "aibrix")
+    ours, theirs = tree(tmp_path / "modelpull"), tree(tmp_path / "aibrix")
     assert ours == theirs
     # What that layout is, spelled out: the files, then a lock and the ETag for each.
     assert {k: v for k, v in ours.items() if "/.cache/" not in k} == {
@@ -137,6 +120,7 @@ def test_same_layout_as_aibrix(
     assert "llama-3/.cache/s3/download/tokenizer/tokenizer.model.lock" in ours
 
 
+@pytest.mark.slow
 def test_switch_then_roll_back_fetches_nothing_again(
     store: S3Store, bucket: str, aibrix_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -181,7 +165,7 @@ def test_model_name_and_local_dir_defaults(
     monkeypatch.setenv("DOWNLOADER_LOCAL_DIR", str(tmp_path / "models"))
     report = download_model(f"s3://{bucket}/models/llama-3")
     assert report.path == tmp_path / "models" / "llama-3"
-    assert layout(report.path).keys() >= {f"{name}" for name in FILES}
+    assert tree(report.path).keys() >= {f"{name}" for name in FILES}
 
 
 def test_allow_file_suffix(
@@ -207,6 +191,7 @@ def test_allow_file_suffix_does_not_filter_a_single_file(
     assert (report.path / "config.json").read_bytes() == FILES["config.json"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variable", ["DOWNLOADER_FORCE_DOWNLOAD", "DOWNLOADER_CHECK_FILE_EXIST"])
 def test_force_download(
     bucket: str,
@@ -260,6 +245,7 @@ def test_part_chunksize_sets_the_ranged_gets(
     assert all(r.range is not None for r in weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("DOWNLOADER_PART_THRESHOLD", "1048576"), ("DOWNLOADER_S3_MAX_IO_QUEUE", "100")],
@@ -287,6 +273,7 @@ def test_settings_without_equivalent_warn_once(
     assert "WARNING" in done.stderr
 
 
+@pytest.mark.slow
 def test_tos_uri_with_tos_variables(store: S3Store, bucket: str, tmp_path: Path) -> None:
     env = {
         "TOS_ACCESS_KEY": store.credentials.access_key,
@@ -298,38 +285,28 @@ def test_tos_uri_with_tos_variables(store: S3Store, bucket: str, tmp_path: Path)
     uri = f"tos://{bucket}/models/llama-3/"
     done = run_dropin(env, "--model-uri", uri, "--local-dir", str(tmp_path), "--model-name", "m")
     assert done.returncode == 0, done.stderr
-    files = layout(tmp_path / "m")
+    files = tree(tmp_path / "m")
     assert files[f".cache/tos/download/{WEIGHTS}.metadata"].startswith(b'"')
     assert files[WEIGHTS] == FILES[WEIGHTS]
     # TOS v1 (the TOS SDK) wrote bare ETags; so does the drop-in when told it replaces v1.
     v1 = env | {"DOWNLOADER_TOS_VERSION": "v1", "DOWNLOADER_FORCE_DOWNLOAD": "1"}
     done = run_dropin(v1, "--model-uri", uri, "--local-dir", str(tmp_path), "--model-name", "m")
     assert done.returncode == 0, done.stderr
-    assert not layout(tmp_path / "m")[f".cache/tos/download/{WEIGHTS}.metadata"].startswith(b'"')
+    assert not tree(tmp_path / "m")[f".cache/tos/download/{WEIGHTS}.metadata"].startswith(b'"')
 
 
+@pytest.mark.slow
 def test_progress_bar_flag(bucket: str, aibrix_env: dict[str, str], tmp_path: Path) -> None:
     uri = f"s3://{bucket}/models/llama-3/"
     # A terminal on stderr, as in `kubectl logs -f` of an interactive pod: a bar is drawn.
     controller, terminal = pty.openpty()
     try:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MODELPULL_"))}
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "modelpull.aibrix",
-                "--model-uri",
-                uri,
-                "--local-dir",
-                str(tmp_path),
-                "--enable-progress-bar",
-            ],
-            env=base | aibrix_env,
+        done = run_cli(
+            ["--model-uri", uri, "--local-dir", str(tmp_path), "--enable-progress-bar"],
+            isolated_env(aibrix_env),
+            module="modelpull.aibrix",
             stdout=subprocess.PIPE,
             stderr=terminal,
-            timeout=120,
-            check=False,
         )
         os.close(terminal)
         terminal = -1

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.helpers import S3Store
+import pytest
+
+from tests.helpers import S3Store, run_cli
 
 MiB = 1 << 20
 
 
+@pytest.mark.slow
 def test_bench_compares_settings_and_writes_json_and_png(
     rclone_store: S3Store, tmp_path: Path
 ) -> None:
     bucket = rclone_store.new_bucket()
     rclone_store.put_tree(bucket, "m/", {"w.bin": os.urandom(3 * MiB), "config.json": b"{}"})
     out = tmp_path / "out"
-    proc = subprocess.run(
+    proc = run_cli(
         [
-            sys.executable,
-            "-m",
-            "modelpull",
             "bench",
             f"s3://{bucket}/m/",
             "--backends",
@@ -39,11 +37,8 @@ def test_bench_compares_settings_and_writes_json_and_png(
             "--work-dir",
             str(tmp_path),
         ],
-        env=rclone_store.env(),
-        capture_output=True,
-        text=True,
+        rclone_store.env(),
         timeout=300,
-        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "| boto3 | 2 | 1.00 MiB |" in proc.stdout
@@ -61,12 +56,6 @@ def test_bench_compares_settings_and_writes_json_and_png(
 
 
 def test_bench_rejects_bad_lists(rclone_store: S3Store, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "modelpull", "bench", "s3://bucket/m/", "--concurrency", "a,b"],
-        env=rclone_store.env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = run_cli(["bench", "s3://bucket/m/", "--concurrency", "a,b"], rclone_store.env())
     assert proc.returncode == 2
     assert "--concurrency" in proc.stderr

@@ -14,21 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import S3Store
+from tests.helpers import S3Store, cli_command, run_cli
 
 MiB = 1 << 20
-
-
-def run(args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelpull", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        **kwargs,  # type: ignore[arg-type]
-    )
 
 
 def assert_clean_failure(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
@@ -48,8 +36,9 @@ def bucket(store: S3Store) -> str:
     return name
 
 
+@pytest.mark.slow
 def test_pull_and_json_summary(store: S3Store, bucket: str, tmp_path: Path) -> None:
-    proc = run(
+    proc = run_cli(
         [
             "pull",
             f"s3://{bucket}/m/",
@@ -73,47 +62,33 @@ def test_pull_and_json_summary(store: S3Store, bucket: str, tmp_path: Path) -> N
     # Nothing in the report that could be a credential.
     assert store.credentials.secret_key not in proc.stdout + proc.stderr
 
-    again = run(["pull", f"s3://{bucket}/m/", str(tmp_path), "--json"], store.env())
+    again = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path), "--json"], store.env())
     assert json.loads(again.stdout)["files_skipped"] == 2
     assert json.loads(again.stdout)["bytes_downloaded"] == 0
 
 
+@pytest.mark.slow
 def test_plain_summary_and_ls(store: S3Store, bucket: str, tmp_path: Path) -> None:
-    proc = run(["pull", f"s3://{bucket}/m/", str(tmp_path / "d")], store.env())
+    proc = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path / "d")], store.env())
     assert proc.returncode == 0, proc.stderr
     assert "pulled 2 files" in proc.stdout
-    listing = run(["ls", f"s3://{bucket}/m/"], store.env())
+    listing = run_cli(["ls", f"s3://{bucket}/m/"], store.env())
     assert listing.returncode == 0
     assert listing.stdout.split() == ["2", "config.json", str(3 * MiB), "w.safetensors"]
     rows = [
         json.loads(line)
-        for line in run(["ls", f"s3://{bucket}/m", "--json"], store.env()).stdout.splitlines()
+        for line in run_cli(["ls", f"s3://{bucket}/m", "--json"], store.env()).stdout.splitlines()
     ]
     assert [r["path"] for r in rows] == ["config.json", "w.safetensors"]
 
 
 def test_env_configures_the_pull(store: S3Store, bucket: str, tmp_path: Path) -> None:
     env = store.env() | {"MODELPULL_PART_SIZE": "1MiB", "MODELPULL_CONCURRENCY": "2"}
-    proc = run(["pull", f"s3://{bucket}/m/", str(tmp_path), "--json", "--concurrency", "5"], env)
+    proc = run_cli(
+        ["pull", f"s3://{bucket}/m/", str(tmp_path), "--json", "--concurrency", "5"], env
+    )
     config = json.loads(proc.stdout)["config"]
     assert (config["part_size"], config["concurrency"]) == (MiB, 5)
-
-
-def test_help_lists_options_and_exit_codes() -> None:
-    proc = run(["pull", "--help"], dict(os.environ))
-    assert proc.returncode == 0
-    for flag in (
-        "--include",
-        "--exclude",
-        "--concurrency",
-        "--part-size",
-        "--endpoint-url",
-        "--force",
-        "--no-progress",
-        "--json",
-    ):
-        assert flag in proc.stdout
-    assert "Exit codes" in run(["--help"], dict(os.environ)).stdout
 
 
 # -- bad input: one line, a documented code, nothing under a final name --------------
@@ -121,23 +96,25 @@ def test_help_lists_options_and_exit_codes() -> None:
 
 def test_malformed_uri(store: S3Store, tmp_path: Path) -> None:
     assert_clean_failure(
-        run(["pull", "models/llama", str(tmp_path / "d")], store.env()), 2, "s3://BUCKET"
+        run_cli(["pull", "models/llama", str(tmp_path / "d")], store.env()), 2, "s3://BUCKET"
     )
     assert not (tmp_path / "d").exists()
 
 
 def test_unknown_bucket(store: S3Store, tmp_path: Path) -> None:
-    proc = run(["pull", "s3://no-such-bucket-here/m/", str(tmp_path / "d")], store.env())
+    proc = run_cli(["pull", "s3://no-such-bucket-here/m/", str(tmp_path / "d")], store.env())
     assert_clean_failure(proc, 3, "no-such-bucket-here")
     assert not (tmp_path / "d").exists()
 
 
 def test_missing_key_or_empty_prefix(store: S3Store, bucket: str, tmp_path: Path) -> None:
     assert_clean_failure(
-        run(["pull", f"s3://{bucket}/nothing/", str(tmp_path / "d")], store.env()), 3, "nothing at"
+        run_cli(["pull", f"s3://{bucket}/nothing/", str(tmp_path / "d")], store.env()),
+        3,
+        "nothing at",
     )
     assert_clean_failure(
-        run(["pull", f"s3://{bucket}/m/missing.json", str(tmp_path / "d")], store.env()), 3
+        run_cli(["pull", f"s3://{bucket}/m/missing.json", str(tmp_path / "d")], store.env()), 3
     )
     assert not (tmp_path / "d").exists()
 
@@ -146,7 +123,7 @@ def test_bad_credentials(rclone_store: S3Store, tmp_path: Path) -> None:
     bucket = rclone_store.new_bucket()
     rclone_store.put(bucket, "m/a", b"a")
     env = rclone_store.env() | {"AWS_SECRET_ACCESS_KEY": "wrong-secret-value-123"}
-    proc = run(["pull", f"s3://{bucket}/m/", str(tmp_path / "d"), "--json"], env)
+    proc = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path / "d"), "--json"], env)
     assert_clean_failure(proc, 4, "access denied", "credentials")
     assert "wrong-secret-value-123" not in proc.stderr + proc.stdout
     assert json.loads(proc.stdout)["error"]["status"] == 403
@@ -160,7 +137,7 @@ def test_no_credentials(rclone_store: S3Store, tmp_path: Path) -> None:
         if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")
     }
     assert_clean_failure(
-        run(["pull", "s3://whatever/m/", str(tmp_path / "d")], env), 4, "credentials"
+        run_cli(["pull", "s3://whatever/m/", str(tmp_path / "d")], env), 4, "credentials"
     )
 
 
@@ -169,14 +146,15 @@ def test_unreachable_endpoint(store: S3Store, tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: connections are refused
         env = store.env() | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-        proc = run(["pull", "s3://bucket/m/", str(tmp_path / "d"), "--max-attempts", "2"], env)
+        proc = run_cli(["pull", "s3://bucket/m/", str(tmp_path / "d"), "--max-attempts", "2"], env)
     assert_clean_failure(proc, 5, "cannot reach", "--endpoint-url")
 
 
+@pytest.mark.slow
 def test_endpoint_without_scheme_gets_https(store: S3Store, bucket: str, tmp_path: Path) -> None:
     # An http server reached with https: a TLS failure, not botocore's "Invalid endpoint".
     host = store.endpoint_url.removeprefix("http://")
-    proc = run(
+    proc = run_cli(
         [
             "pull",
             f"s3://{bucket}/m/",
@@ -197,10 +175,10 @@ def test_dest_is_a_file(store: S3Store, bucket: str, tmp_path: Path) -> None:
     dest = tmp_path / "file"
     dest.write_text("x")
     assert_clean_failure(
-        run(["pull", f"s3://{bucket}/m/", str(dest)], store.env()), 6, "not a folder"
+        run_cli(["pull", f"s3://{bucket}/m/", str(dest)], store.env()), 6, "not a folder"
     )
     assert_clean_failure(
-        run(["pull", f"s3://{bucket}/m/", str(dest / "sub")], store.env()), 6, "not a folder"
+        run_cli(["pull", f"s3://{bucket}/m/", str(dest / "sub")], store.env()), 6, "not a folder"
     )
 
 
@@ -212,28 +190,14 @@ def test_dest_not_writable(store: S3Store, bucket: str, tmp_path: Path) -> None:
         # root writes through permission bits: make the folder a read-only mount in a
         # private mount namespace instead.
         script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && exec "$@"'
-        proc = subprocess.run(
-            [
-                "unshare",
-                "-m",
-                "sh",
-                "-c",
-                script,
-                str(dest),
-                sys.executable,
-                "-m",
-                "modelpull",
-                *args,
-            ],
-            env=store.env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        proc = run_cli(
+            args,
+            store.env(),
+            prefix=["unshare", "-m", "sh", "-c", script, str(dest)],
         )
     else:
         dest.chmod(0o555)
-        proc = run(args, store.env())
+        proc = run_cli(args, store.env())
     assert_clean_failure(proc, 6, "not writable")
     assert not (dest / "model").exists()
 
@@ -249,14 +213,14 @@ def test_dest_not_writable(store: S3Store, bucket: str, tmp_path: Path) -> None:
     ],
 )
 def test_invalid_flag_values(store: S3Store, tmp_path: Path, flags: list[str], needle: str) -> None:
-    proc = run(["pull", "s3://bucket/m/", str(tmp_path / "d"), *flags], store.env())
+    proc = run_cli(["pull", "s3://bucket/m/", str(tmp_path / "d"), *flags], store.env())
     assert_clean_failure(proc, 2, needle)
 
 
 def test_invalid_env_value(store: S3Store, tmp_path: Path) -> None:
     env = store.env() | {"MODELPULL_PART_SIZE": "huge"}
     assert_clean_failure(
-        run(["pull", "s3://bucket/m/", str(tmp_path / "d")], env), 2, "MODELPULL_PART_SIZE"
+        run_cli(["pull", "s3://bucket/m/", str(tmp_path / "d")], env), 2, "MODELPULL_PART_SIZE"
     )
 
 
@@ -265,9 +229,7 @@ def test_progress_on_a_terminal(store: S3Store, bucket: str, tmp_path: Path) -> 
     pid, fd = pty.fork()
     if pid == 0:  # child: stdout and stderr are the pty
         os.execve(
-            sys.executable,
-            [sys.executable, "-m", "modelpull", "pull", f"s3://{bucket}/m/", str(tmp_path)],
-            store.env(),
+            sys.executable, cli_command("pull", f"s3://{bucket}/m/", str(tmp_path)), store.env()
         )
     output = b""
     deadline = time.monotonic() + 60
@@ -289,13 +251,13 @@ def test_progress_on_a_terminal(store: S3Store, bucket: str, tmp_path: Path) -> 
 
 
 def test_no_progress_on_a_pipe(store: S3Store, bucket: str, tmp_path: Path) -> None:
-    proc = run(["pull", f"s3://{bucket}/m/", str(tmp_path)], store.env())
+    proc = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path)], store.env())
     assert proc.returncode == 0
     assert proc.stderr == ""
 
 
 def test_json_report_is_complete(store: S3Store, bucket: str, tmp_path: Path) -> None:
-    proc = run(["pull", f"s3://{bucket}/m/", str(tmp_path), "--json"], store.env())
+    proc = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path), "--json"], store.env())
     report = json.loads(proc.stdout)
     for key in (
         "files",

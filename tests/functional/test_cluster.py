@@ -6,41 +6,29 @@ rank acts as a node of its own with its own DEST (``DEST/{rank}``), so a 4-rank 
 is a 4-node cluster. The store is rclone behind the fault proxy, which counts the bytes
 it serves: egress is measured where a store would bill it.
 
-The pure planning logic is tested at the end, without processes.
+Ranks are killed or stopped from outside, at a moment the test sees: a part in the
+rank's resume journal (:func:`signal_after_first_part`), or a line of its ``-v`` log and
+then a part from a peer (:func:`kill_mid_exchange`). The pure planning logic is in
+``tests/unit/test_cluster.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
 import random
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
-from modelpull.cluster.coord import Coordinator
-from modelpull.cluster.options import ClusterOptions
-from modelpull.cluster.plan import (
-    ClusterPlan,
-    MemberState,
-    View,
-    assign_missing,
-    missing_parts,
-    plan_transfers,
-)
-from modelpull.cluster.topology import Layout, Topology
-from modelpull.errors import UsageError
 from modelpull.events import (
     BytesTransferred,
     Event,
@@ -50,14 +38,19 @@ from modelpull.events import (
     PullFinished,
     PullStarted,
 )
-from modelpull.objects import ObjectInfo, RemoteFile
 from tests.faults.proxy import FaultProxy, Rule, delay, flip_byte
-from tests.helpers import S3Store
+from tests.helpers import S3Store, cli_command, free_port, parts_done, tree, wait_until
+
+# torch (the [distributed] extra) is a test dependency: without it this module fails to
+# collect; it never skips. Looked up, not imported: importing torch takes seconds.
+if importlib.util.find_spec("torch") is None:
+    raise ImportError("torch is missing: install the test extra (see the README)")
+
+# Every test here starts ranks (torch, gloo, a rendezvous): seconds each.
+pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
 TIMEOUT = 6  # --dist-timeout of these tests: a silent rank is given up on after this
-HAS_TORCH = importlib.util.find_spec("torch") is not None
-needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="the [distributed] extra (torch)")
 
 
 def model_files() -> dict[str, bytes]:
@@ -75,19 +68,48 @@ FILES = model_files()
 MODEL_BYTES = sum(map(len, FILES.values()))
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and ".modelpull" not in p.relative_to(root).parts
-    }
+class Rank:
+    """One rank's process. Threads read its stdout and stderr as they come, so that a test
+    can act the moment the rank logs a line (:meth:`on_line`)."""
 
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self._lock = threading.Lock()
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._hooks: list[tuple[str, Callable[[], None]]] = []
+        assert proc.stdout is not None and proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(proc.stdout, self._out), daemon=True),
+            threading.Thread(target=self._read, args=(proc.stderr, self._err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    def _read(self, stream: IO[str], lines: list[str]) -> None:
+        with stream:
+            for line in stream:
+                with self._lock:
+                    lines.append(line)
+                    due = [h for h in self._hooks if lines is self._err and h[0] in line]
+                    self._hooks = [h for h in self._hooks if h not in due]
+                for _, action in due:
+                    action()
+
+    def on_line(self, needle: str, action: Callable[[], None]) -> None:
+        """Call ``action`` (on a reader thread) as soon as stderr has a line with ``needle``."""
+        with self._lock:
+            seen = any(needle in line for line in self._err)
+            if not seen:
+                self._hooks.append((needle, action))
+        if seen:
+            action()
+
+    def output(self) -> tuple[str, str]:
+        """stdout and stderr, once the process has ended."""
+        for reader in self._readers:
+            reader.join()
+        return "".join(self._out), "".join(self._err)
 
 
 @dataclass
@@ -109,6 +131,10 @@ class Cluster:
             r.body_bytes for r in self.proxy.log if r.method == "GET" and r.path.startswith(prefix)
         )
 
+    def slow_down(self) -> None:
+        """About 1.3 MB/s per connection until :meth:`FaultProxy.clear_rules`."""
+        self.proxy.add_rule(Rule(delay(seconds_per_chunk=0.05), method="GET", times=None))
+
     def start(
         self,
         world: int,
@@ -117,7 +143,7 @@ class Cluster:
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
         node_per_rank: bool = True,
-    ) -> list[subprocess.Popen[str]]:
+    ) -> list[Rank]:
         base = self.store.env() | {
             "AWS_ENDPOINT_URL": self.proxy.url,
             "MASTER_ADDR": "127.0.0.1",
@@ -131,10 +157,7 @@ class Cluster:
         if node_per_rank:
             base["MODELPULL_DIST_NODE_PER_RANK"] = "1"
         base |= env or {}
-        command = [
-            sys.executable,
-            "-m",
-            "modelpull",
+        command = cli_command(
             "pull",
             "--distributed",
             self.uri,
@@ -144,14 +167,16 @@ class Cluster:
             "--dist-timeout",
             str(TIMEOUT),
             *args,
-        ]
+        )
         return [
-            subprocess.Popen(
-                command,
-                env=base | {"RANK": str(r), "LOCAL_RANK": "0" if node_per_rank else str(r)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+            Rank(
+                subprocess.Popen(
+                    command,
+                    env=base | {"RANK": str(r), "LOCAL_RANK": "0" if node_per_rank else str(r)},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
             )
             for r in range(world)
         ]
@@ -164,18 +189,19 @@ class Outcome:
     stderr: str
 
 
-def finish(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[Outcome]:
+def finish(ranks: list[Rank], timeout: float = 90) -> list[Outcome]:
     deadline = time.monotonic() + timeout
     outcomes = []
-    for proc in procs:
+    for rank in ranks:
         try:
-            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            rank.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
+            for other in ranks:
+                other.proc.kill()
             raise
+        out, err = rank.output()
         line = out.strip().splitlines()[-1] if out.strip() else "{}"
-        outcomes.append(Outcome(proc.returncode, json.loads(line), err))
+        outcomes.append(Outcome(rank.proc.returncode, json.loads(line), err))
     return outcomes
 
 
@@ -187,27 +213,77 @@ def cluster(rclone_store: S3Store) -> Iterator[Cluster]:
         yield Cluster(rclone_store, proxy, bucket)
 
 
-def parts_done(dest: Path) -> int:
-    total = 0
-    for journal in (dest / ".modelpull" / "incomplete").glob("*.journal"):
-        with contextlib.suppress(OSError, ValueError):
-            total += len(json.loads(journal.read_text())["done"])
-    return total
+def signal_after_first_part(ranks: list[Rank], victim: int, dest: Path, signum: int) -> float:
+    """Send ``signum`` to rank ``victim`` once its journal under ``dest`` holds a part of
+    its share (start the ranks slowed down, so that this comes mid-share); returns when."""
+    wait_until(
+        f"rank {victim} fetched a part",
+        lambda: parts_done(dest) >= 1,
+        [rank.proc for rank in ranks],
+    )
+    ranks[victim].proc.send_signal(signum)
+    return time.monotonic()
 
 
-def wait_until(what: str, check: Callable[[], bool], procs: list[subprocess.Popen[str]]) -> None:
-    deadline = time.monotonic() + 60
-    while not check():
-        assert all(p.poll() is None for p in procs), f"a rank ended before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+# How long a rank runs at a time while it is let through the exchange in slices.
+SLICE = 0.005
+
+
+def _wait_stopped(pid: int) -> None:
+    """Until the kernel shows ``pid`` stopped (or gone): SIGSTOP takes effect a moment later."""
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in "TtZX":
+            return
+        time.sleep(0.0005)
+
+
+def kill_mid_exchange(rank: Rank, me: int, dest: Path) -> threading.Event:
+    """SIGKILL rank ``me`` once it has recorded a part it received in the exchange.
+
+    At its INFO line ``rank N: exchanging ...`` (the ranks need ``-v``) the rank is
+    stopped, then let run a few milliseconds at a time (SIGCONT, SIGSTOP) until its
+    journals under ``dest`` hold one part more than at that line: a part from a peer,
+    which takes several steps of the exchange. A slice lets it through a few steps at
+    most, so it dies in the exchange with steps still to come for the others. The
+    returned event is set once it was killed: a test asserts it, so that a reworded log
+    line fails the test instead of leaving the rank alive.
+    """
+    proc, killed = rank.proc, threading.Event()
+
+    def run_in_slices() -> None:
+        before = parts_done(dest)
+        deadline = time.monotonic() + 60
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if parts_done(dest) > before:
+                    proc.send_signal(signal.SIGKILL)
+                    killed.set()
+                    return
+                proc.send_signal(signal.SIGCONT)
+                time.sleep(SLICE)
+                proc.send_signal(signal.SIGSTOP)
+                _wait_stopped(proc.pid)
+        finally:
+            if not killed.is_set() and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+
+    def stop() -> None:
+        proc.send_signal(signal.SIGSTOP)
+        _wait_stopped(proc.pid)
+        threading.Thread(target=run_in_slices, daemon=True).start()
+
+    rank.on_line(f"rank {me}: exchanging", stop)
+    return killed
 
 
 # -- whole pulls -------------------------------------------------------------------------
 
 
-@needs_torch
-@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
 def test_every_node_gets_the_model_and_the_store_serves_it_once(
     cluster: Cluster, tmp_path: Path, world: int
@@ -236,8 +312,6 @@ def test_every_node_gets_the_model_and_the_store_serves_it_once(
     assert cluster.egress() == 0
 
 
-@needs_torch
-@pytest.mark.slow
 def test_a_file_one_node_lacks_comes_from_a_peer(cluster: Cluster, tmp_path: Path) -> None:
     assert all(o.code == 0 for o in finish(cluster.start(2, str(tmp_path / "{rank}"))))
     lost = tmp_path / "1" / "model-00002-of-00002.safetensors"
@@ -253,8 +327,6 @@ def test_a_file_one_node_lacks_comes_from_a_peer(cluster: Cluster, tmp_path: Pat
     assert outcomes[0].result["cluster"]["bytes_to_peers"] == size
 
 
-@needs_torch
-@pytest.mark.slow
 def test_ranks_of_one_node_share_one_dest_and_one_fetcher(cluster: Cluster, tmp_path: Path) -> None:
     dest = tmp_path / "model"
     outcomes = finish(cluster.start(2, str(dest), node_per_rank=False))
@@ -268,7 +340,6 @@ def test_ranks_of_one_node_share_one_dest_and_one_fetcher(cluster: Cluster, tmp_
     assert outcomes[0].result["bytes_downloaded"] == cluster.egress()
 
 
-@needs_torch
 def test_one_rank_in_process_is_a_plain_pull_with_the_same_events(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -308,8 +379,6 @@ def test_one_rank_in_process_is_a_plain_pull_with_the_same_events(
 # -- failures ----------------------------------------------------------------------------
 
 
-@needs_torch
-@pytest.mark.slow
 def test_bytes_corrupted_in_transit_are_caught_on_every_node(
     rclone_store: S3Store, tmp_path: Path
 ) -> None:
@@ -339,19 +408,15 @@ def test_bytes_corrupted_in_transit_are_caught_on_every_node(
     assert egress == MODEL_BYTES + 2 * len(FILES["model-00001-of-00002.safetensors"])
 
 
-@needs_torch
-@pytest.mark.slow
 def test_rank_killed_while_fetching_its_share_the_others_fetch_it(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     # Slow enough (about 1.3 MB/s per connection, 2 connections a rank) to kill mid-share.
-    cluster.proxy.add_rule(Rule(delay(seconds_per_chunk=0.05), method="GET", times=None))
-    procs = cluster.start(3, str(tmp_path / "{rank}"), env={"MODELPULL_CONCURRENCY": "2"})
-    wait_until("rank 1 fetched a part", lambda: parts_done(tmp_path / "1") >= 1, procs)
-    procs[1].send_signal(signal.SIGKILL)
-    killed = time.monotonic()
+    cluster.slow_down()
+    ranks = cluster.start(3, str(tmp_path / "{rank}"), env={"MODELPULL_CONCURRENCY": "2"})
+    killed = signal_after_first_part(ranks, 1, tmp_path / "1", signal.SIGKILL)
     cluster.proxy.clear_rules()
-    outcomes = finish(procs)
+    outcomes = finish(ranks)
     assert outcomes[1].code == -signal.SIGKILL
     for rank in (0, 2):
         o = outcomes[rank]
@@ -365,13 +430,11 @@ def test_rank_killed_while_fetching_its_share_the_others_fetch_it(
     assert cluster.egress() < 1.5 * MODEL_BYTES
 
 
-@needs_torch
-@pytest.mark.slow
 def test_rank_killed_mid_exchange_the_others_still_finish(cluster: Cluster, tmp_path: Path) -> None:
-    procs = cluster.start(
-        3, str(tmp_path / "{rank}"), env={"MODELPULL_DIST_TEST_KILL": "2:exchange"}
-    )
-    outcomes = finish(procs)
+    ranks = cluster.start(3, str(tmp_path / "{rank}"), args=("-v",))
+    killed = kill_mid_exchange(ranks[2], 2, tmp_path / "2")
+    outcomes = finish(ranks)
+    assert killed.is_set(), outcomes[2].stderr
     assert outcomes[2].code == -signal.SIGKILL
     for rank in (0, 1):
         assert outcomes[rank].code == 0, outcomes[rank].stderr
@@ -380,17 +443,19 @@ def test_rank_killed_mid_exchange_the_others_still_finish(cluster: Cluster, tmp_
     assert cluster.egress() < 1.5 * MODEL_BYTES
 
 
-@needs_torch
-@pytest.mark.slow
 def test_lost_rank_without_fallback_fails_naming_it(cluster: Cluster, tmp_path: Path) -> None:
     started = time.monotonic()
-    procs = cluster.start(
+    cluster.slow_down()
+    ranks = cluster.start(
         2,
         str(tmp_path / "{rank}"),
-        env={"MODELPULL_DIST_TEST_KILL": "1:fetched"},
+        env={"MODELPULL_CONCURRENCY": "2"},
         args=("--no-dist-fallback",),
     )
-    outcomes = finish(procs)
+    # Rank 1 dies with part of its share on disk, before it could tell rank 0 so.
+    signal_after_first_part(ranks, 1, tmp_path / "1", signal.SIGKILL)
+    cluster.proxy.clear_rules()
+    outcomes = finish(ranks)
     assert outcomes[1].code == -signal.SIGKILL
     survivor = outcomes[0]
     assert survivor.code == 11, survivor.stderr
@@ -403,191 +468,22 @@ def test_lost_rank_without_fallback_fails_naming_it(cluster: Cluster, tmp_path: 
         assert data == FILES[path]
 
 
-@needs_torch
-@pytest.mark.slow
 def test_hung_rank_is_given_up_on_and_ends_correct_on_its_own(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    cluster.proxy.add_rule(Rule(delay(seconds_per_chunk=0.05), method="GET", times=None))
-    procs = cluster.start(2, str(tmp_path / "{rank}"), env={"MODELPULL_CONCURRENCY": "2"})
-    wait_until("rank 1 fetched a part", lambda: parts_done(tmp_path / "1") >= 1, procs)
-    procs[1].send_signal(signal.SIGSTOP)  # alive, holding its sockets, silent
+    cluster.slow_down()
+    ranks = cluster.start(2, str(tmp_path / "{rank}"), env={"MODELPULL_CONCURRENCY": "2"})
+    # SIGSTOP: alive, holding its sockets, silent.
+    signal_after_first_part(ranks, 1, tmp_path / "1", signal.SIGSTOP)
     try:
         cluster.proxy.clear_rules()
-        (survivor,) = finish(procs[:1])
+        (survivor,) = finish(ranks[:1])
     finally:
-        procs[1].send_signal(signal.SIGCONT)
+        ranks[1].proc.send_signal(signal.SIGCONT)
     assert survivor.code == 0, survivor.stderr
     assert tree(tmp_path / "0") == FILES
     assert survivor.result["cluster"]["lost_ranks"] == [1]
     # Woken up, rank 1 finds it was left out and completes its DEST from the store.
-    (woken,) = finish(procs[1:])
+    (woken,) = finish(ranks[1:])
     assert woken.code == 0, woken.stderr
     assert tree(tmp_path / "1") == FILES
-
-
-# -- errors without processes ------------------------------------------------------------
-
-
-def test_without_torch_the_flag_says_what_to_install(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from modelpull.cli import main
-
-    monkeypatch.setitem(sys.modules, "torch", None)
-    code = main(["pull", "--distributed", "s3://bucket/m/", str(tmp_path)])
-    assert code == 9
-    assert "pip install 'modelpull[distributed]'" in capsys.readouterr().err
-
-
-def test_launcher_variables_are_required() -> None:
-    with pytest.raises(UsageError, match="MASTER_ADDR, MASTER_PORT"):
-        Topology.from_env(ClusterOptions(), {"RANK": "0", "WORLD_SIZE": "2"})
-
-
-def test_topology_nodes_and_dest_template() -> None:
-    env = {
-        "RANK": "3",
-        "WORLD_SIZE": "4",
-        "MASTER_ADDR": "h",
-        "MASTER_PORT": "1",
-        "GROUP_RANK": "1",
-    }
-    topo = Topology.from_env(ClusterOptions(), env)
-    assert topo.node == "group-1"
-    assert topo.expand("/m/{node}/{rank}") == "/m/group-1/3"
-    assert Topology.from_env(ClusterOptions(node_per_rank=True), env).node == "rank-3"
-    layout = Layout({0: "a", 1: "a", 2: "b", 3: "b"})
-    assert layout.fetchers == (0, 2)
-    assert layout.fetcher_of(3) == 2
-
-
-def test_options_from_env() -> None:
-    opts = ClusterOptions.from_env(
-        {"MODELPULL_DIST_TIMEOUT": "2m", "MODELPULL_DIST_FALLBACK": "0"}, timeout=None
-    )
-    assert (opts.timeout, opts.fallback) == (120.0, False)
-    with pytest.raises(UsageError, match="MODELPULL_DIST_BACKEND"):
-        ClusterOptions.from_env({"MODELPULL_DIST_BACKEND": "mpi"})
-
-
-# -- coordination through the store, with an in-memory store ---------------------------
-
-
-class MemoryStore:
-    """The few ``torch.distributed.Store`` calls the coordinator makes, in a dict."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def set(self, key: str, value: str) -> None:
-        self.data[key] = value.encode()
-
-    def get(self, key: str) -> bytes:
-        return self.data[key]
-
-    def check(self, keys: list[str]) -> bool:
-        return all(k in self.data for k in keys)
-
-    def multi_get(self, keys: list[str]) -> list[bytes]:
-        return [self.data[k] for k in keys]
-
-    def add(self, key: str, value: int) -> int:
-        total = int(self.data.get(key, b"0")) + value
-        self.data[key] = str(total).encode()
-        return total
-
-    def compare_set(self, key: str, expected_value: str, desired_value: str) -> bytes:
-        if key not in self.data and expected_value == "":
-            self.data[key] = desired_value.encode()
-        return self.data[key]
-
-    def clone(self) -> MemoryStore:
-        return self
-
-
-def test_waiting_gives_up_on_silent_and_finished_peers_only() -> None:
-    store = MemoryStore()
-    me, posted, finished = (Coordinator(store, "p", r, timeout=0.3) for r in range(3))
-    posted.publish("state/1", {"x": 1})
-    finished.publish("done/2", {"ok": False})
-    started = time.monotonic()
-    got = me.wait({1: "state/1", 2: "state/2", 3: "state/3"})
-    assert got == {1: {"x": 1}, 2: None, 3: None}
-    # Rank 3 never beat: lost once silent for the timeout (checked twice a second).
-    assert 0.3 <= time.monotonic() - started < 3
-    assert me.agree("members", [0, 1]) == [0, 1]
-    assert posted.agree("members", [1]) == [0, 1]  # the first proposal stands
-
-
-def test_a_beating_peer_is_waited_for_beyond_the_timeout() -> None:
-    store = MemoryStore()
-    me, slow = Coordinator(store, "p", 0, timeout=0.3), Coordinator(store, "p", 1, timeout=0.3)
-    slow.start()  # beats every 0.1 s
-    try:
-        threading.Timer(1.5, lambda: slow.publish("state/1", "late")).start()
-        assert me.wait({1: "state/1"}) == {1: "late"}
-    finally:
-        slow.stop()
-
-
-# -- planning (pure logic) ---------------------------------------------------------------
-
-
-def plan_of(*sizes: int, part_size: int = 4) -> ClusterPlan:
-    files = tuple(
-        RemoteFile(ObjectInfo(key=f"m/f{i}", size=s, etag=f"e{i}"), f"f{i}")
-        for i, s in enumerate(sizes)
-    )
-    return ClusterPlan("b", part_size, files)
-
-
-def view_of(*states: MemberState) -> View:
-    return View(0, tuple(s.rank for s in states), {s.rank: s for s in states})
-
-
-def test_missing_parts_are_shared_out_in_contiguous_runs_of_equal_bytes() -> None:
-    plan = plan_of(40, 0, 24)  # 10 + 6 parts of 4 bytes; the empty file is not shared
-    view = view_of(MemberState(0), MemberState(1), MemberState(2), MemberState(3))
-    missing = missing_parts(plan, view)
-    assert len(missing) == 16
-    shares = assign_missing(missing, view)
-    assert [sum(r.length for r in shares[m]) for m in range(4)] == [16, 16, 16, 16]
-    flat = [r for m in range(4) for r in shares[m]]
-    assert flat == missing  # contiguous, in plan order
-
-
-def test_a_member_whose_fetch_failed_is_passed_over() -> None:
-    plan = plan_of(16)
-    view = view_of(MemberState(0, fetch_failed=True), MemberState(1))
-    shares = assign_missing(missing_parts(plan, view), view)
-    assert shares[0] == [] and len(shares[1]) == 4
-
-
-def test_files_complete_everywhere_are_skipped_and_sources_are_balanced() -> None:
-    plan = plan_of(16, 16)
-    everything = frozenset(range(4))
-    view = view_of(
-        MemberState(0, complete=frozenset({0}), held={1: everything}),
-        MemberState(1, complete=frozenset({0}), held={1: everything}),
-        MemberState(2, complete=frozenset({0})),
-    )
-    assert missing_parts(plan, view) == []
-    schedule = plan_transfers(plan, view, chunk_size=3)
-    sent = {m: sum(c.length for c in schedule.streams[m]) for m in view.members}
-    assert sent == {0: 8, 1: 8, 2: 0}  # file 0 is nowhere; file 1 comes from both holders
-    assert all(c.ref.file == 1 for s in schedule.streams.values() for c in s)
-    # Each holder sends two parts of 4 bytes, in chunks of 3 and 1, side by side.
-    assert schedule.steps == 4
-    assert [schedule.step_length(k) for k in range(4)] == [3, 1, 3, 1]
-    assert [c.last for c in schedule.streams[0]] == [False, True, False, True]
-    assert [c.ref.part for c in schedule.streams[0]] == [0, 0, 2, 2]
-
-
-def test_member_state_survives_json() -> None:
-    state = MemberState(
-        2, complete=frozenset({0, 1, 2, 7}), held={3: frozenset({0, 1, 5})}, cuda=True
-    )
-    assert MemberState.from_json(json.loads(json.dumps(state.to_json()))) == state
-    plan = plan_of(5, 0)
-    assert ClusterPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan

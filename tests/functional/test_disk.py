@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from tests.helpers import S3Store
+from tests.helpers import S3Store, run_command
 
 MiB = 1 << 20
 
@@ -61,7 +60,7 @@ def run_on_tmpfs(
     script = (
         'mnt=$1; shift; mount -t tmpfs -o size="$0" tmpfs "$mnt" && mkdir "$mnt/dest" && exec "$@"'
     )
-    proc = subprocess.run(
+    proc = run_command(
         [
             "unshare",
             "-m",
@@ -76,11 +75,7 @@ def run_on_tmpfs(
             mode,
             uri,
         ],
-        env=store.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        store.env(),
     )
     assert proc.returncode == 0, proc.stderr
     result: dict[str, object] = json.loads(proc.stdout)

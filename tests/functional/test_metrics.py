@@ -1,26 +1,16 @@
 """Metrics and logs of real pulls from local S3 servers: /metrics scraped mid-pull, the
-textfile, JSON log lines; through the Python API and through the CLI.
-
-The CLI tests need ``--metrics-port``, ``--metrics-file`` and ``--log-format`` wired
-into :mod:`modelpull.cli`; until then they are skipped (see ``needs_cli_flags``).
-"""
+textfile, JSON log lines; through the Python API and through the CLI."""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import io
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +18,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import modelpull
-from modelpull.cli import build_parser
 from modelpull.events import Event, FileDone
 from modelpull.observe.export import export_metrics, serve
 from modelpull.observe.logs import LogObserver, setup_logging
 from modelpull.observe.metrics import MetricsObserver
-from tests.helpers import S3Store
+from tests.helpers import S3Store, free_port, start_cli, tree
 
 MiB = 1 << 20
 FILES = {
@@ -44,22 +33,6 @@ FILES = {
     "model-00003-of-00003.safetensors": os.urandom(1 * MiB + 3),
 }
 TOTAL = sum(map(len, FILES.values()))
-
-
-def _cli_is_wired() -> bool:
-    flags = ["--metrics-port", "9100", "--metrics-file", "m.prom", "--log-format", "json"]
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["pull", "s3://b/m/", "dest", *flags])
-    except SystemExit:
-        return False
-    return True
-
-
-needs_cli_flags = pytest.mark.skipif(
-    not _cli_is_wired(),
-    reason="--metrics-port/--metrics-file/--log-format are not wired into the CLI yet",
-)
 
 
 @pytest.fixture
@@ -99,11 +72,7 @@ def scrape(url: str) -> str:
 
 
 def on_disk(root: Path) -> int:
-    return sum(
-        p.stat().st_size
-        for p in root.rglob("*")
-        if p.is_file() and ".modelpull" not in p.relative_to(root).parts
-    )
+    return sum(map(len, tree(root).values()))
 
 
 # -- the Python API ----------------------------------------------------------------------
@@ -168,6 +137,7 @@ def test_second_pull_counts_skipped_files(store: S3Store, bucket: str, tmp_path:
     assert reg.get_sample_value("modelpull_bytes_downloaded_total", labels) == 0
 
 
+@pytest.mark.slow
 def test_scrape_from_outside_while_a_slow_pull_runs(
     store: S3Store, bucket: str, tmp_path: Path
 ) -> None:
@@ -200,10 +170,6 @@ def test_scrape_from_outside_while_a_slow_pull_runs(
     assert on_disk(tmp_path) == TOTAL
 
 
-@pytest.mark.skipif(
-    "registry" not in inspect.signature(modelpull.pull).parameters,
-    reason="pull(registry=...) is not wired into modelpull.api yet",
-)
 def test_pull_takes_a_registry(store: S3Store, bucket: str, tmp_path: Path) -> None:
     registry = CollectorRegistry()
     uri, cfg = f"s3://{bucket}/m/", store.config()
@@ -213,7 +179,7 @@ def test_pull_takes_a_registry(store: S3Store, bucket: str, tmp_path: Path) -> N
             tmp_path,
             config=cfg,
             credentials=store.credentials,
-            registry=registry,  # type: ignore[call-arg,unused-ignore]
+            registry=registry,
         )
     labels = {"backend": "boto3", "bucket": bucket}
     assert registry.get_sample_value("modelpull_bytes_downloaded_total", labels) == TOTAL
@@ -239,17 +205,7 @@ def test_textfile_after_a_pull(store: S3Store, bucket: str, tmp_path: Path) -> N
     assert os.listdir(path.parent) == ["modelpull.prom"]
 
 
-@pytest.fixture
-def modelpull_logger() -> Iterator[None]:
-    logger = logging.getLogger("modelpull")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    try:
-        yield
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
-
-
-@pytest.mark.usefixtures("modelpull_logger")
+@pytest.mark.usefixtures("restore_logger")
 def test_json_logs_of_a_pull(
     store: S3Store, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -282,7 +238,7 @@ def test_json_logs_of_a_pull(
     assert any(line["event"] == "request_finished" for line in lines)
 
 
-@pytest.mark.usefixtures("modelpull_logger")
+@pytest.mark.usefixtures("restore_logger")
 def test_failed_pull_logs_an_error_line(store: S3Store, tmp_path: Path) -> None:
     stream = io.StringIO()
     setup_logging(0, False, "json", stream, environ={})
@@ -299,31 +255,14 @@ def test_failed_pull_logs_an_error_line(store: S3Store, tmp_path: Path) -> None:
     assert (line["event"], line["level"], line["ok"]) == ("pull_finished", "error", False)
 
 
-# -- the CLI (needs the flags wired) -------------------------------------------------------
+# -- the CLI ----------------------------------------------------------------------------
 
 
-def cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "modelpull", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-@needs_cli_flags
+@pytest.mark.slow
 def test_cli_serves_metrics_during_the_pull(store: S3Store, bucket: str, tmp_path: Path) -> None:
     port = free_port()
     env = store.env() | {"MODELPULL_MAX_BANDWIDTH": str(3 * MiB)}  # about 2.5 s
-    proc = cli(
+    proc = start_cli(
         [
             "pull",
             f"s3://{bucket}/m/",
@@ -358,10 +297,9 @@ def test_cli_serves_metrics_during_the_pull(store: S3Store, bucket: str, tmp_pat
     assert on_disk(tmp_path / "out") == TOTAL
 
 
-@needs_cli_flags
 def test_cli_textfile_and_json_logs(store: S3Store, bucket: str, tmp_path: Path) -> None:
     prom = tmp_path / "modelpull.prom"
-    proc = cli(
+    proc = start_cli(
         [
             "pull",
             f"s3://{bucket}/m/",
@@ -385,11 +323,10 @@ def test_cli_textfile_and_json_logs(store: S3Store, bucket: str, tmp_path: Path)
     assert store.credentials.secret_key not in err + out
 
 
-@needs_cli_flags
 def test_cli_failed_pull_still_writes_the_textfile(store: S3Store, tmp_path: Path) -> None:
     prom = tmp_path / "modelpull.prom"
     empty = store.new_bucket()
-    proc = cli(
+    proc = start_cli(
         ["pull", f"s3://{empty}/nothing/", str(tmp_path / "out"), "--metrics-file", str(prom)],
         store.env(),
     )
@@ -398,13 +335,12 @@ def test_cli_failed_pull_still_writes_the_textfile(store: S3Store, tmp_path: Pat
     assert one(samples(prom.read_text()), "modelpull_pull_success") == 0
 
 
-@needs_cli_flags
 def test_cli_bad_metrics_flags_fail_before_the_pull(store: S3Store, tmp_path: Path) -> None:
     for flag, value, needle in (
         ("--metrics-port", "nope", "--metrics-port"),
         ("--metrics-file", str(tmp_path / "absent" / "m.prom"), "no such folder"),
     ):
-        proc = cli(
+        proc = start_cli(
             ["pull", "s3://no-such-bucket/m/", str(tmp_path / "out"), flag, value], store.env()
         )
         _out, err = proc.communicate(timeout=60)

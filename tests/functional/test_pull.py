@@ -9,7 +9,7 @@ import pytest
 
 import modelpull
 from modelpull.events import BytesTransferred, Event, FileDone, PullStarted
-from tests.helpers import S3Store
+from tests.helpers import S3Store, tree
 
 MiB = 1 << 20
 
@@ -23,14 +23,6 @@ def model_files() -> dict[str, bytes]:
         "model-00002-of-00002.safetensors": rng.randbytes(2 * MiB + 7),
         "sub/extra/notes.txt": b"hello",
         "empty.txt": b"",
-    }
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and ".modelpull" not in p.relative_to(root).parts
     }
 
 
@@ -113,6 +105,7 @@ def test_include_exclude(
     ]
 
 
+@pytest.mark.slow
 def test_second_pull_transfers_nothing(
     store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
 ) -> None:
@@ -145,6 +138,7 @@ def test_second_pull_transfers_nothing(
     assert forced.files_fetched == len(files)
 
 
+@pytest.mark.slow
 def test_many_files_paginated_listing(moto_store: S3Store, tmp_path: Path) -> None:
     # moto pages ListObjectsV2 at 1000 keys, so 1003 files need two pages.
     bucket = moto_store.new_bucket()

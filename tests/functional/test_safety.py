@@ -26,7 +26,7 @@ from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.demo import RcloneS3Server
 from tests.faults.proxy import FaultProxy
-from tests.helpers import S3Store
+from tests.helpers import S3Store, run_cli, start_cli
 
 MiB = 1 << 20
 
@@ -54,13 +54,7 @@ def test_unsafe_keys_are_refused(moto_store: S3Store, tmp_path: Path, evil: str)
 def test_unsafe_key_exit_code(moto_store: S3Store, tmp_path: Path) -> None:
     bucket = moto_store.new_bucket()
     moto_store.put(bucket, "m/../escape.txt", b"evil")
-    proc = subprocess.run(
-        [sys.executable, "-m", "modelpull", "pull", f"s3://{bucket}/m/", str(tmp_path / "d")],
-        env=moto_store.env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path / "d")], moto_store.env())
     assert proc.returncode == 6
     assert "refusing object key 'm/../escape.txt'" in proc.stderr
     assert not (tmp_path / "escape.txt").exists()
@@ -126,10 +120,8 @@ def tls_server(
     cert, key = _self_signed(folder)
     (folder / "root" / "secure" / "m").mkdir(parents=True)
     (folder / "root" / "secure" / "m" / "w.bin").write_bytes(b"w" * 1000)
-    with RcloneS3Server(
-        folder / "root", extra_args=["--cert", str(cert), "--key", str(key)]
-    ) as server:
-        yield server.endpoint_url.replace("http://", "https://"), cert, server
+    with RcloneS3Server(folder / "root", cert=cert, key=key) as server:
+        yield server.endpoint_url, cert, server
 
 
 def _cli(
@@ -139,24 +131,8 @@ def _cli(
     *flags: str,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    base = S3Store("rclone", endpoint, server.credentials).env()
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "modelpull",
-            "pull",
-            "s3://secure/m/",
-            str(dest),
-            "--max-attempts",
-            "1",
-            *flags,
-        ],
-        env=base | (env or {}),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    env = S3Store("rclone", endpoint, server.credentials).env()
+    return run_cli(["pull", "s3://secure/m/", str(dest), "--max-attempts", "1", *flags], env)
 
 
 def test_tls_is_verified_by_default(
@@ -312,6 +288,7 @@ def test_errors_name_the_scheme_and_its_variables(
 # -- many processes, one model -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eight_processes_one_model(rclone_store: S3Store, tmp_path: Path) -> None:
     bucket = rclone_store.new_bucket()
     files = {
@@ -323,22 +300,8 @@ def test_eight_processes_one_model(rclone_store: S3Store, tmp_path: Path) -> Non
     total = sum(map(len, files.values()))
     with FaultProxy(rclone_store.endpoint_url) as proxy:
         env = rclone_store.env() | {"AWS_ENDPOINT_URL": proxy.url}
-        cmd = [
-            sys.executable,
-            "-m",
-            "modelpull",
-            "pull",
-            f"s3://{bucket}/m/",
-            str(tmp_path),
-            "--part-size",
-            "1MiB",
-        ]
-        procs = [
-            subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-            for _ in range(8)
-        ]
+        args = ["pull", f"s3://{bucket}/m/", str(tmp_path), "--part-size", "1MiB"]
+        procs = [start_cli(args, env) for _ in range(8)]
         results = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0] * 8, results
         fetched = sum(r.body_bytes for r in proxy.log if r.method == "GET" and "/m/" in r.path)

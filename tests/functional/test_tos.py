@@ -30,9 +30,6 @@ import gc
 import hashlib
 import http.client
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -55,12 +52,12 @@ from modelpull.compat import CompatWarning
 from modelpull.compat.tos import from_sdk
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
-from modelpull.demo.rclone import RcloneS3Server, find_rclone
+from modelpull.demo.rclone import RcloneS3Server
 from modelpull.events import BytesTransferred, Event, FileVerified
 from modelpull.objects import ObjectInfo
-from modelpull.resolve import resolve, resolve_config
+from modelpull.resolve import resolve
 from tests.faults.proxy import FaultProxy, Rule, delay, set_headers, status
-from tests.helpers import S3Store
+from tests.helpers import S3Store, isolated_env, run_cli, tree
 
 MiB = 1 << 20
 REGION = "cn-beijing"
@@ -79,14 +76,6 @@ def model_files() -> dict[str, bytes]:
 
 FILES = model_files()
 WEIGHTS = "model-00001-of-00002.safetensors"
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and ".modelpull" not in p.relative_to(root).parts
-    }
 
 
 def crc64(data: bytes) -> str:
@@ -148,33 +137,11 @@ def test_tos_keys_rank_above_the_aws_chain(
     assert tos_pull(uri, tmp_path / "b", fallback).files_fetched == 1
 
 
-def test_tos_native_endpoint_is_mapped_before_use() -> None:
-    cfg = resolve_config("tos", environ={"TOS_ENDPOINT": "tos-cn-beijing.ivolces.com"})
-    backend = Boto3Backend(cfg, Credentials("ak", "sk"))
-    try:
-        # botocore builds virtual-hosted URLs on the S3 twin of the native endpoint.
-        client: Any = backend._client
-        url = client.generate_presigned_url("get_object", Params={"Bucket": "models", "Key": "k"})
-    finally:
-        backend.close()
-    assert url.startswith("https://models.tos-s3-cn-beijing.ivolces.com/k?")
-
-
-def cli(store: S3Store, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in store.env().items() if not k.startswith(("AWS_", "MODELPULL_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "modelpull", *args],
-        env=base | env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_cli_pulls_tos_uri_with_tos_variables(store: S3Store, bucket: str, tmp_path: Path) -> None:
     env = tos_env(store)
-    done = cli(store, env, "pull", f"tos://{bucket}/models/llama/", str(tmp_path / "out"))
+    done = run_cli(
+        ["pull", f"tos://{bucket}/models/llama/", str(tmp_path / "out")], isolated_env(env)
+    )
     assert done.returncode == 0, done.stderr
     assert tree(tmp_path / "out") == FILES
 
@@ -184,7 +151,8 @@ def test_cli_addressing_style_flag_for_local_servers(
 ) -> None:
     env = {k: v for k, v in tos_env(store).items() if k != "MODELPULL_ADDRESSING_STYLE"}
     uri = f"tos://{bucket}/models/llama/"
-    done = cli(store, env, "pull", uri, str(tmp_path / "out"), "--addressing-style", "path")
+    args = ["pull", uri, str(tmp_path / "out"), "--addressing-style", "path"]
+    done = run_cli(args, isolated_env(env))
     assert done.returncode == 0, done.stderr
     assert tree(tmp_path / "out") == FILES
 
@@ -289,6 +257,7 @@ def test_sdk_socket_timeout_is_the_read_timeout(
     assert tree(tmp_path / "out") == FILES
 
 
+@pytest.mark.slow
 def test_sdk_rate_limiter_caps_the_pull(
     store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -302,6 +271,7 @@ def test_sdk_rate_limiter_caps_the_pull(
     assert tree(tmp_path / "out") == FILES
 
 
+@pytest.mark.slow
 def test_sdk_traffic_limit_caps_the_pull(
     store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -335,71 +305,6 @@ def test_sdk_task_num_and_max_connections_set_the_streams(
 # --- the tos-sdk backend against a TOS stand-in ----------------------------------------
 
 
-class AnonymousRclone:
-    """``rclone serve s3`` over ``root`` with no ``--auth-key``: the TOS SDK's signature passes."""
-
-    def __init__(self, root: Path, scratch: Path) -> None:
-        self.root = root
-        self.scratch = scratch
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def __enter__(self) -> AnonymousRclone:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        (self.scratch / "rclone.conf").touch()
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RCLONE_")}
-        self.log = (self.scratch / "rclone.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                str(find_rclone()),
-                "serve",
-                "s3",
-                str(self.root),
-                "--addr",
-                f"127.0.0.1:{self.port}",
-                "--force-path-style=true",
-                "--etag-hash",
-                "MD5",
-                "--vfs-cache-mode",
-                "off",
-                "--config",
-                str(self.scratch / "rclone.conf"),
-                "--cache-dir",
-                str(self.scratch / "cache"),
-                "--log-level",
-                "NOTICE",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-            env=env,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-            try:
-                conn.request("GET", "/")
-                conn.getresponse().read()
-                return self
-            except OSError:
-                time.sleep(0.05)
-            finally:
-                conn.close()
-        self.__exit__(None, None, None)
-        raise RuntimeError("anonymous rclone did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-        self.log.close()
-
-
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -410,8 +315,8 @@ class _QuietServer(ThreadingHTTPServer):
 class TosFront:
     """TOS's JSON listing and errors, in front of an S3 server rooted at one bucket's folder."""
 
-    def __init__(self, upstream_port: int, root: Path) -> None:
-        self.upstream_port = upstream_port
+    def __init__(self, upstream: str, root: Path) -> None:
+        self.upstream = urlsplit(upstream)
         self.root = root
         self.crc: dict[str, str] = {}  # key -> x-tos-hash-crc64ecma to publish
         self.fail: dict[str, tuple[int, str, dict[str, str]]] = {}  # key -> status, code, headers
@@ -506,7 +411,7 @@ class TosFront:
     def _forward(
         self, handler: BaseHTTPRequestHandler, parts: Any, key: str, request_id: str
     ) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=30)
+        conn = http.client.HTTPConnection(self.upstream.netloc, timeout=30)
         try:
             headers = {h: handler.headers[h] for h in ("Range", "If-Match") if handler.headers[h]}
             target = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -544,14 +449,14 @@ class TosFront:
 
 @pytest.fixture(scope="module")
 def stand_in(
-    rclone_server: RcloneS3Server, rclone_store: S3Store, tmp_path_factory: pytest.TempPathFactory
+    rclone_server: RcloneS3Server, rclone_store: S3Store
 ) -> Iterator[tuple[str, TosFront]]:
     bucket = rclone_store.new_bucket("tossdk")
     rclone_store.put_tree(bucket, "models/llama/", FILES)
-    scratch = tmp_path_factory.mktemp("anon-rclone")
     with (
-        AnonymousRclone(rclone_server.root / bucket, scratch) as anon,
-        TosFront(anon.port, rclone_server.root / bucket) as front,
+        # Rooted at the bucket's folder, signatures unchecked: see the module's notes.
+        RcloneS3Server(rclone_server.root / bucket, anonymous=True) as anonymous,
+        TosFront(anonymous.endpoint_url, rclone_server.root / bucket) as front,
     ):
         yield bucket, front
 
@@ -771,6 +676,7 @@ def test_backend_selected_by_config(
     assert tree(tmp_path / "out") == FILES
 
 
+@pytest.mark.slow
 def test_bench_runs_the_tos_sdk_backend(
     stand_in: tuple[str, TosFront], front: TosFront, tmp_path: Path
 ) -> None:

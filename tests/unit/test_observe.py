@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -343,16 +342,6 @@ def test_core_imports_without_prometheus_client() -> None:
 
 
 # -- logs --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def restore_logger() -> Iterator[None]:
-    logger = logging.getLogger("modelpull")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    try:
-        yield
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def json_lines(stream: io.StringIO) -> list[dict[str, object]]:

@@ -4,11 +4,13 @@ and who closes a target's backend. No request is made."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from modelpull import errors
 from modelpull.backends import ChunkSink, RangeResult
+from modelpull.backends.boto3 import Boto3Backend
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.objects import ObjectInfo
@@ -204,3 +206,15 @@ def test_resolved_passes_a_target_through_and_refuses_more() -> None:
 def test_resolve_checks_the_uri() -> None:
     with pytest.raises(errors.InvalidURIError):
         resolve("models/llama", environ={})
+
+
+def test_tos_native_endpoint_is_mapped_before_use() -> None:
+    cfg = resolve_config("tos", environ={"TOS_ENDPOINT": "tos-cn-beijing.ivolces.com"})
+    backend = Boto3Backend(cfg, Credentials("ak", "sk"))
+    try:
+        # botocore builds virtual-hosted URLs on the S3 twin of the native endpoint.
+        client: Any = backend._client
+        url = client.generate_presigned_url("get_object", Params={"Bucket": "models", "Key": "k"})
+    finally:
+        backend.close()
+    assert url.startswith("https://models.tos-s3-cn-beijing.ivolces.com/k?")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,8 +162,6 @@ class Exchange:
         schedule: Schedule,
         transport: Transport,
         emit: Callable[[Event], None],
-        *,
-        die_after_first_step: bool = False,
     ) -> None:
         self._plan = plan
         self._me = me
@@ -172,7 +169,6 @@ class Exchange:
         self._schedule = schedule
         self._transport = transport
         self._emit = emit
-        self._die = die_after_first_step
         self.stats = ExchangeStats()
         mine = view.states[me]
         self._wanted: set[tuple[int, int]] = set()
@@ -247,9 +243,6 @@ class Exchange:
             self._receive(chunk, out[HEADER : HEADER + chunk.length] if out[0] == VALID else None)
         for f in self._closes.get(step, ()):
             self._files[f].close()
-        if self._die and step == 0:
-            log.warning("MODELPULL_DIST_TEST_KILL: rank %d kills itself mid-exchange", self._me)
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def _receive(self, chunk: Chunk, body: memoryview | None) -> None:
         key = (chunk.ref.file, chunk.ref.part)

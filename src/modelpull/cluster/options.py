@@ -42,7 +42,6 @@ ENV = {
     "chunk_size": "MODELPULL_DIST_CHUNK_SIZE",
     "node": "MODELPULL_DIST_NODE",
     "node_per_rank": "MODELPULL_DIST_NODE_PER_RANK",
-    "test_kill": "MODELPULL_DIST_TEST_KILL",
 }
 
 
@@ -83,9 +82,6 @@ class ClusterOptions:
       else the host name.
     - ``node_per_rank`` (default off, ``MODELPULL_DIST_NODE_PER_RANK``): testing switch;
       every rank is a node of its own with its own DEST (write DEST with ``{rank}``).
-    - ``test_kill`` (``MODELPULL_DIST_TEST_KILL``, tests only): ``RANK:POINT`` makes
-      that rank SIGKILL itself at ``fetched`` (its first share is on disk) or
-      ``exchange`` (after the first step of the exchange).
     """
 
     timeout: float = DEFAULT_TIMEOUT
@@ -94,7 +90,6 @@ class ClusterOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     node: str | None = None
     node_per_rank: bool = False
-    test_kill: str | None = None
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
@@ -115,7 +110,6 @@ class ClusterOptions:
             "chunk_size": lambda t: parse_size(t, what=ENV["chunk_size"]),
             "node": lambda t: t.strip() or None,
             "node_per_rank": _bool,
-            "test_kill": lambda t: t.strip() or None,
         }
         values: dict[str, Any] = {}
         for name, variable in ENV.items():

@@ -29,7 +29,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -425,7 +424,6 @@ class _Run:
                     break  # no member can fetch: the engine below raises the reason
                 share = assign_missing(missing, view)[self.me]
                 fetch_failed = not self._fetch_share(plan, share)
-                self._test_kill("fetched")
                 continue
             schedule = plan_transfers(plan, view, self._chunk_size(len(members)))
             if schedule.steps == 0:
@@ -542,7 +540,6 @@ class _Run:
                     schedule,
                     transport,
                     self.emit,
-                    die_after_first_step=self._kill_point() == "exchange",
                 )
                 began = time.monotonic()
                 exchange.run()
@@ -628,15 +625,3 @@ class _Run:
             self.emit(event)
 
         return emit
-
-    def _kill_point(self) -> str | None:
-        spec = self.opts.test_kill
-        if not spec or ":" not in spec:
-            return None
-        rank, point = spec.split(":", 1)
-        return point if rank.strip() == str(self.me) else None
-
-    def _test_kill(self, point: str) -> None:
-        if self._kill_point() == point:
-            log.warning("MODELPULL_DIST_TEST_KILL: rank %d kills itself at %s", self.me, point)
-            os.kill(os.getpid(), signal.SIGKILL)

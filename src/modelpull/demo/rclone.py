@@ -28,7 +28,9 @@ assume more of it:
   against it. ``GetObject`` ignores ``PartNumber``.
 * Credentials: SigV4 is checked. A wrong secret gives 403 ``SignatureDoesNotMatch``, an
   unknown access key 403 ``InvalidAccessKeyId``, an unsigned request 400. Access keys
-  shorter than 3 characters are always refused (``InvalidAccessKeyId``).
+  shorter than 3 characters are always refused (``InvalidAccessKeyId``). Without
+  ``--auth-key`` (``anonymous=True``) the ``Authorization`` header is ignored, so a
+  client signing some other way (the TOS SDK's TOS4-HMAC-SHA256) is served too.
 * Buckets: ``CreateBucket`` makes the folder (409 ``BucketAlreadyExists`` if present);
   names must be 3 to 63 characters. ``ListObjectsV2`` pages with ``MaxKeys``,
   ``ContinuationToken`` and ``StartAfter`` as S3 does; a missing key is 404.
@@ -120,7 +122,7 @@ def _answers_http(host: str, port: int) -> bool:
         return False
     finally:
         conn.close()
-    # Any status will do (an unsigned request gets 400): the server is up.
+    # Any status will do (an unsigned request gets 400, plain HTTP to HTTPS too): it is up.
     return True
 
 
@@ -128,10 +130,11 @@ class RcloneS3Server:
     """``rclone serve s3`` over ``root`` on loopback; a context manager.
 
     ``port=0`` picks a free port. The server checks SigV4 signatures against
-    ``access_key``/``secret_key`` (see :attr:`credentials`) and uses path-style
-    addressing. ``extra_args`` are appended to rclone's command line, so they override
-    the flags set here (``["--etag-hash", "XXH3"]``, ``["-vv"]``); rclone's log is
-    read only to explain a failed start. Write objects through the S3 API, or before
+    ``access_key``/``secret_key`` (see :attr:`credentials`) unless ``anonymous``, when
+    it checks none, and uses path-style addressing. With ``cert`` and ``key`` (PEM
+    files) it serves HTTPS. ``extra_args`` are appended to rclone's command line, so
+    they override the flags set here (``["--etag-hash", "XXH3"]``, ``["-vv"]``);
+    rclone's log is read only to explain a failed start. Write objects through the S3 API, or before
     :meth:`start`: see the module's notes. ``start`` waits up to ``startup_timeout``
     seconds for the server to answer.
     """
@@ -142,14 +145,21 @@ class RcloneS3Server:
         *,
         access_key: str = DEMO_ACCESS_KEY,
         secret_key: str = DEMO_SECRET_KEY,
+        anonymous: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
+        cert: Path | None = None,
+        key: Path | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
     ) -> None:
+        if (cert is None) != (key is None):
+            raise ValueError("cert and key go together")
         self._root = Path(root)
         self._access_key = access_key
         self._secret_key = secret_key
+        self._anonymous = anonymous
+        self._tls = (Path(cert), Path(key)) if cert is not None and key is not None else None
         self._host = host
         self._requested_port = port
         self._port: int | None = None
@@ -165,14 +175,15 @@ class RcloneS3Server:
 
     @property
     def endpoint_url(self) -> str:
-        """``http://HOST:PORT`` of the running server."""
+        """``http://HOST:PORT`` (``https://`` with a certificate) of the running server."""
         if self._port is None:
             raise RuntimeError("the rclone server is not started")
-        return f"http://{self._host}:{self._port}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{self._host}:{self._port}"
 
     @property
     def credentials(self) -> Credentials:
-        """The key pair the server accepts."""
+        """The key pair the server accepts (an anonymous server accepts any)."""
         return Credentials(access_key=self._access_key, secret_key=self._secret_key)
 
     def __repr__(self) -> str:
@@ -238,8 +249,7 @@ class RcloneS3Server:
             str(self._root),
             "--addr",
             f"{self._host}:{port}",
-            "--auth-key",
-            f"{self._access_key},{self._secret_key}",
+            *self._auth_args(),
             "--force-path-style=true",
             # What real S3 gives a single-part upload; see the module's notes on cost.
             "--etag-hash",
@@ -281,6 +291,12 @@ class RcloneS3Server:
             f"rclone serve s3 did not answer on {self._host}:{port} within "
             f"{self._startup_timeout:g} s:\n{_tail(log)}"
         )
+
+    def _auth_args(self) -> list[str]:
+        args = [] if self._anonymous else ["--auth-key", f"{self._access_key},{self._secret_key}"]
+        if self._tls is not None:
+            args += ["--cert", str(self._tls[0]), "--key", str(self._tls[1])]
+        return args
 
     def _log_args(self) -> list[str]:
         # rclone refuses -v together with --log-level, so a caller's choice wins.
