@@ -25,7 +25,6 @@ from modelpull.demo.rclone import RcloneS3Server
 from modelpull.errors import RangeIgnoredError, RetriesExhaustedError
 from modelpull.objects import ObjectInfo
 from modelpull.retry import RetryPolicy
-from tests.functional.test_tos import AnonymousRclone
 from tests.helpers import S3Store
 
 from .proxy import (
@@ -187,8 +186,8 @@ def tos_upstream(
     """An anonymous rclone rooted at one bucket's folder, serving ``m/w.bin``."""
     bucket = rclone_store.new_bucket("tosfaults")
     rclone_store.put(bucket, "m/w.bin", DATA)
-    with AnonymousRclone(rclone_server.root / bucket, tmp_path_factory.mktemp("anon")) as anon:
-        yield f"http://127.0.0.1:{anon.port}"
+    with RcloneS3Server(rclone_server.root / bucket, anonymous=True) as anon:
+        yield anon.endpoint_url
 
 
 @pytest.fixture

@@ -131,8 +131,9 @@ def _cli(
     *flags: str,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = S3Store("rclone", endpoint, server.credentials).env()
-    return run_cli(["pull", "s3://secure/m/", str(dest), "--max-attempts", "1", *flags], env)
+    base = S3Store("rclone", endpoint, server.credentials).env()
+    args = ["pull", "s3://secure/m/", str(dest), "--max-attempts", "1", *flags]
+    return run_cli(args, base | (env or {}))
 
 
 def test_tls_is_verified_by_default(
