@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelpull.backends.base import Backend, RangeResult
+from modelpull.backends.base import Backend
 from modelpull.config import PullConfig
 from modelpull.errors import (
     DiskFullError,
@@ -35,7 +35,6 @@ from modelpull.errors import (
     InterruptedPullError,
     ModelPullError,
     ObjectChangedError,
-    StoreError,
     UnsafePathError,
 )
 from modelpull.events import (
@@ -48,16 +47,15 @@ from modelpull.events import (
     FileSkipped,
     FileVerified,
     PartRetried,
-    RequestFinished,
-    RequestStarted,
 )
+from modelpull.fetch import Fetcher, Stopped
 from modelpull.files import dest_error
 from modelpull.hashing import PartValues
 from modelpull.objects import ObjectInfo, RemoteFile
 from modelpull.partfile import PartFile
 from modelpull.ratelimit import RateLimiter
 from modelpull.results import FileOutcome
-from modelpull.retry import RetryPolicy, retry_events
+from modelpull.retry import RetryPolicy
 from modelpull.state import StateDir
 from modelpull.workqueue import WorkQueue
 
@@ -138,6 +136,9 @@ class Engine:
         as the cluster pull is) to complete. Files not in ``only`` are left alone.
         """
         self._bucket = bucket
+        self._fetcher = Fetcher(
+            self._backend, bucket, self._emit, self._retry, self._stop, self._limiter
+        )
         self._dest = dest
         self._state = StateDir(dest)
         try:
@@ -227,16 +228,16 @@ class Engine:
                     continue
                 values: PartValues | None = None
                 try:
-                    values = self._fetch(job, index, buffer)
+                    values = self._fetcher.part(job.file, index, buffer)
                 finally:
                     self._end_part(job, generation, index, values)
-            except _Stopped:
+            except Stopped:
                 pass
             except BaseException as exc:  # reported to the main thread, never lost
                 try:
                     if not (isinstance(exc, ObjectChangedError) and self._restart(job, exc)):
                         self._fail(job, exc)
-                except _Stopped:
+                except Stopped:
                     pass
                 except BaseException as again:
                     self._fail(job, again)
@@ -274,7 +275,7 @@ class Engine:
             return
         if self._config.verify != "off":
             # HEAD asks for the checksums a listing lacks, and sees a replaced object.
-            fresh = self._call(lambda: self._backend.head(self._bucket, job.obj.key))
+            fresh = self._fetcher.head(job.obj.key)
             if job.wanted is not None and fresh.etag != job.obj.etag:
                 # Part indices were planned against the listed version; they mean
                 # nothing for another one.
@@ -290,86 +291,6 @@ class Engine:
             self._emit(FileResumed(path=job.path, bytes=pf.resumed_bytes))
         job.state = "active"
         self._check_complete(job)
-
-    def _fetch(self, job: _Job, index: int, buffer: memoryview) -> PartValues:
-        pf = job.file
-        start, end = pf.parts[index]
-        obj = pf.obj
-        emit, path, stop, limiter = self._emit, job.path, self._stop, self._limiter
-        write = pf.write
-        hasher = pf.hasher(index)
-        offset = start
-
-        def sink(view: memoryview) -> None:
-            nonlocal offset
-            if stop.is_set():
-                raise _Stopped
-            n = len(view)
-            if limiter is not None:
-                limiter.take(n, stop)
-            write(view, offset)
-            hasher.update(view)
-            offset += n
-            emit(BytesTransferred(path=path, bytes=n))
-
-        self._attempts(
-            job,
-            lambda: self._backend.read_range(obj, self._bucket, offset, end, buffer, sink),
-            lambda: offset,
-        )
-        pf.written(index)
-        return hasher.values()
-
-    def _attempts(
-        self, job: _Job, request: Callable[[], RangeResult], received: Callable[[], int]
-    ) -> RangeResult:
-        """``request()`` under the retry policy, each attempt reported as request events.
-
-        ``received()`` tells how far the transfer got: bytes written by a failed attempt
-        stay, and the next attempt resumes from there.
-        """
-        emit, path = self._emit, job.path
-
-        def attempt() -> RangeResult:
-            emit(RequestStarted(path=path, method="GET"))
-            began, before = time.monotonic(), received()
-            try:
-                result = request()
-            except BaseException as exc:
-                seconds, done = time.monotonic() - began, received() - before
-                emit(RequestFinished(path, "GET", _status_of(exc), None, seconds, done))
-                raise
-            seconds, done = time.monotonic() - began, received() - before
-            status, ttfb = str(result.status), result.first_byte_seconds
-            emit(RequestFinished(path, "GET", status, ttfb, seconds, done))
-            return result
-
-        try:
-            return self._retry.call(
-                attempt, what=path, on_retry=retry_events(emit, path), stop=self._stop
-            )
-        except ModelPullError:
-            if self._stop.is_set():
-                raise _Stopped from None
-            raise
-
-    def _call(self, fn: Callable[[], ObjectInfo]) -> ObjectInfo:
-        """A metadata request under the same retry policy as the parts."""
-
-        def head() -> ObjectInfo:
-            self._emit(RequestStarted(path="", method="HEAD"))
-            began = time.monotonic()
-            try:
-                info = fn()
-            except BaseException as exc:
-                seconds = time.monotonic() - began
-                self._emit(RequestFinished("", "HEAD", _status_of(exc), None, seconds, 0))
-                raise
-            seconds = time.monotonic() - began
-            self._emit(RequestFinished("", "HEAD", "200", seconds, seconds, 0))
-            return info
-
-        return self._retry.call(head, on_retry=retry_events(self._emit), stop=self._stop)
 
     def _end_part(self, job: _Job, generation: int, index: int, values: PartValues | None) -> None:
         with job.mutex:
@@ -452,7 +373,7 @@ class Engine:
 
     def _do_restart(self, job: _Job) -> None:
         """With the mutex held and no part in flight: start the file over, latest version."""
-        fresh = self._call(lambda: self._backend.head(self._bucket, job.obj.key))
+        fresh = self._fetcher.head(job.obj.key)
         undone = job.file.restart(fresh)
         if undone:
             self._emit(BytesTransferred(path=job.path, bytes=-undone))
@@ -489,16 +410,3 @@ class Engine:
                 if job.inflight == 0:
                     job.file.close()
                 job.file.release()
-
-
-class _Stopped(Exception):
-    """Raised inside a worker to abandon a part once the pull is stopping."""
-
-
-def _status_of(exc: BaseException) -> str:
-    """A bounded label for a failed request: the HTTP status, else the error's reason."""
-    if isinstance(exc, StoreError):
-        return str(exc.status) if exc.status else (exc.reason or "error")
-    if isinstance(exc, _Stopped):
-        return "stopped"
-    return "error"
