@@ -22,7 +22,6 @@ MAX_LINES = 500
 TOO_LONG_BEING_SPLIT_IN_ISSUE_9 = frozenset(
     {
         "modelpull/cluster/run.py",  # being split in issue 9
-        "modelpull/engine.py",  # being split in issue 9
     }
 )
 
