@@ -47,11 +47,13 @@ from modelpull.events import (
     FileSkipped,
     FileVerified,
     PartRetried,
+    PartsRepaired,
 )
 from modelpull.fetch import Fetcher, Stopped
-from modelpull.files import dest_error
+from modelpull.files import bytes_in, dest_error
 from modelpull.hashing import PartValues
-from modelpull.objects import ObjectInfo, RemoteFile
+from modelpull.integrity import needs_layout
+from modelpull.objects import Layout, ObjectInfo, RemoteFile
 from modelpull.partfile import PartFile
 from modelpull.ratelimit import RateLimiter
 from modelpull.results import FileOutcome
@@ -69,6 +71,8 @@ FREE_SPACE_MARGIN = 16 << 20
 STOP_GRACE_SECONDS = 1.5
 # Whole-file refetches after the object changed or its bytes failed verification.
 MAX_REFETCHES = 2
+# Rounds of refetching only the parts found damaged, before a whole-file refetch.
+MAX_REPAIRS = 4
 
 
 @dataclass(eq=False)
@@ -82,6 +86,11 @@ class _Job:
     wanted: set[int] | None = None  # None: every part
     inflight: int = 0
     refetches: int = 0
+    repairs: int = 0  # rounds of refetching damaged parts
+    repaired: int = 0  # parts refetched by them
+    # Each upload part's own published values, asked for once a verification failed.
+    part_values: Layout | None = None
+    asked_part_values: bool = False
     outcome: FileOutcome | None = None
     mutex: threading.Lock = field(default_factory=threading.Lock)
 
@@ -286,7 +295,10 @@ class Engine:
                     code="ETagMismatch",
                 )
             pf.set_object(fresh)
-        pf.open()
+        pf.open(self._layout(pf.obj))
+        if pf.repaired:
+            undone = bytes_in(pf.parts, pf.repaired)
+            self._emit(PartsRepaired(job.path, len(pf.repaired), undone, "resume"))
         if pf.resumed_bytes:
             self._emit(FileResumed(path=job.path, bytes=pf.resumed_bytes))
         job.state = "active"
@@ -319,6 +331,8 @@ class Engine:
         try:
             verified = pf.verify()
         except IntegrityError as exc:
+            if self._repair(job, exc):
+                return
             if job.refetches >= MAX_REFETCHES:
                 pf.discard()
                 raise
@@ -336,11 +350,50 @@ class Engine:
         seconds = time.monotonic() - pf.started
         job.state = "done"
         job.outcome = FileOutcome(
-            job.path, job.obj.size, "fetched", seconds, tuple(verified), pf.resumed_bytes
+            job.path,
+            job.obj.size,
+            "fetched",
+            seconds,
+            tuple(verified),
+            pf.resumed_bytes,
+            parts_repaired=len(pf.repaired) + job.repaired,
+            unverifiable=pf.verifier.unverifiable,
         )
         self._emit(FileDone(path=job.path, size=job.obj.size, seconds=seconds))
         pf.release()
         self._queue.job_ended()
+
+    def _layout(self, obj: ObjectInfo) -> Layout | None:
+        """The upload's part sizes, when composite checks need them and the store tells."""
+        if not needs_layout(obj, self._config.verify):
+            return None
+        return self._fetcher.layout(obj, checksums=False)
+
+    def _repair(self, job: _Job, exc: IntegrityError) -> bool:
+        """Fetch again only the parts found damaged; ``False`` when none can be named.
+
+        Parts are named by the store's per-part values (composite checksums, per-part
+        ETags) and by the CRC each part had when written (damage on disk); a file whose
+        store publishes neither is refetched whole by the caller.
+        """
+        pf = job.file
+        if job.repairs >= MAX_REPAIRS:
+            return False
+        if not job.asked_part_values:
+            job.asked_part_values = True
+            job.part_values = self._fetcher.layout(pf.obj, checksums=True)
+        bad = pf.damaged(job.part_values)
+        if not bad or len(bad) == len(pf.parts):
+            return False
+        job.repairs += 1
+        job.repaired += len(bad)
+        undone = pf.forget(bad)
+        log.warning("%s; fetching %d damaged part(s) again", exc, len(bad))
+        self._emit(BytesTransferred(path=job.path, bytes=-undone))
+        self._emit(PartsRepaired(job.path, len(bad), undone, "integrity"))
+        self._emit(PartRetried(path=job.path, reason="integrity", attempt=job.repairs, delay=0.0))
+        self._queue.put([(job, job.generation, i) for i in sorted(bad)], front=True)
+        return True
 
     def _leave_partial(self, job: _Job) -> None:
         """The wanted parts are in: keep the temp file and journal for whoever completes it."""
@@ -374,7 +427,8 @@ class Engine:
     def _do_restart(self, job: _Job) -> None:
         """With the mutex held and no part in flight: start the file over, latest version."""
         fresh = self._fetcher.head(job.obj.key)
-        undone = job.file.restart(fresh)
+        undone = job.file.restart(fresh, self._layout(fresh))
+        job.part_values, job.asked_part_values = None, False
         if undone:
             self._emit(BytesTransferred(path=job.path, bytes=-undone))
         job.state = "active"

@@ -21,6 +21,7 @@ __all__ = [
     "FileVerified",
     "Observer",
     "PartRetried",
+    "PartsRepaired",
     "PullFinished",
     "PullStarted",
     "RequestFinished",
@@ -101,6 +102,20 @@ class PartRetried:
 
 
 @dataclass(frozen=True, slots=True)
+class PartsRepaired:
+    """``parts`` parts of ``path`` (``bytes`` in all) failed a check and are fetched again.
+
+    ``reason`` is ``resume`` (a resumed part no longer matched the CRC its journal
+    recorded) or ``integrity`` (found damaged after the file failed verification).
+    """
+
+    path: str
+    parts: int
+    bytes: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class FileVerified:
     """A checksum of ``kind`` (crc64ecma, crc32c, md5, size, ...) matched."""
 
@@ -138,6 +153,7 @@ Event = (
     | RequestStarted
     | RequestFinished
     | PartRetried
+    | PartsRepaired
     | FileVerified
     | FileDone
     | FileFailed

@@ -9,6 +9,7 @@ the next one resumes from the byte it reached.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from modelpull.backends.base import Backend, RangeResult
 from modelpull.errors import ModelPullError, StoreError
 from modelpull.events import BytesTransferred, Event, RequestFinished, RequestStarted
 from modelpull.hashing import PartValues
-from modelpull.objects import ObjectInfo
+from modelpull.objects import Layout, ObjectInfo
 from modelpull.partfile import PartFile
 from modelpull.ratelimit import RateLimiter
 from modelpull.retry import RetryPolicy, retry_events
@@ -26,6 +27,8 @@ from modelpull.retry import RetryPolicy, retry_events
 __all__ = ["Fetcher", "Stopped"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("modelpull")
 
 
 class Stopped(Exception):
@@ -54,6 +57,19 @@ class Fetcher:
     def head(self, key: str) -> ObjectInfo:
         """Size, ETag and checksums of one object, retried."""
         return self.metadata(lambda: self._backend.head(self._bucket, key))
+
+    def layout(self, obj: ObjectInfo, *, checksums: bool) -> Layout | None:
+        """How ``obj`` was uploaded in parts, retried; ``None`` when the store will not say
+        (or refuses: verification then falls back to what it can do without)."""
+        try:
+            return self.metadata(
+                lambda: self._backend.upload_parts(self._bucket, obj, checksums=checksums)
+            )
+        except StoreError as exc:
+            if self._stop.is_set():
+                raise Stopped from None
+            log.debug("%s: no part layout from the store: %s", obj.key, exc)
+            return None
 
     def metadata(self, fn: Callable[[], T], method: str = "HEAD") -> T:
         """A metadata request under the same retry policy as the parts."""

@@ -65,6 +65,7 @@ __all__ = [
     "Verifier",
     "guess_layouts",
     "is_multipart_etag",
+    "needs_layout",
 ]
 
 log = logging.getLogger("modelpull")
@@ -90,6 +91,16 @@ def is_multipart_etag(etag: str) -> int | None:
     """The part count of a multipart ETag (``<hex>-N``), else ``None``."""
     match = _MULTIPART_ETAG.match(etag.strip('"'))
     return int(match[2]) if match and int(match[2]) >= 1 else None
+
+
+def needs_layout(obj: ObjectInfo, mode: str) -> bool:
+    """True when checking ``obj`` under ``mode`` needs its upload's part sizes."""
+    if mode == "off":
+        return False
+    full, composites = _published(obj, "")
+    cheap = full or [c for c in composites if c.kind != "md5"]
+    multipart_md5 = is_multipart_etag(obj.etag) is not None and (mode == "strict" or not cheap)
+    return bool(composites) or multipart_md5
 
 
 def guess_layouts(size: int, count: int) -> list[Layout]:
@@ -125,7 +136,10 @@ def _published(obj: ObjectInfo, path: str) -> tuple[dict[str, str], list[_Compos
             value, count = split_composite(text)
             KINDS[kind].decode(value)
         except ValueError:
-            log.warning("%s: ignoring malformed %s checksum %r from the store", path, kind, text)
+            if path:
+                log.warning(
+                    "%s: ignoring malformed %s checksum %r from the store", path, kind, text
+                )
             continue
         # A multipart upload's CRC32/CRC32C/SHA is composite unless the store says
         # FULL_OBJECT (CRC-64/NVME always is); some stores omit the "-N" and the type.
@@ -294,9 +308,17 @@ class Verifier:
                     self.layout = guess
                     break
             else:
-                self.unverifiable = f"{self._composites[0].label}, part size unknown"
+                label = self._composites[0].label
+                self.unverifiable = f"{label}, part size unknown"
                 if self._strict:
-                    raise
+                    raise IntegrityError(
+                        f"{self.path}: --verify strict, but its {label} cannot be checked: the "
+                        "store does not tell the upload's part size, and no standard size fits",
+                        path=self.path,
+                        algorithm=label,
+                        expected=self._composites[0].published,
+                        actual="unknown",
+                    ) from None
                 log.warning("%s: could not check its %s", self.path, self.unverifiable)
                 return []
         return [c.label for c in self._composites]

@@ -24,6 +24,11 @@ class FileOutcome:
     verified: tuple[str, ...] = ()
     resumed_bytes: int = 0
     error: BaseException | None = None
+    # Parts fetched again because they failed a check (a resumed part that no longer
+    # matched its journal, or a part found damaged after the file failed verification).
+    parts_repaired: int = 0
+    # A check the store offered that could not be made ("multipart etag, part size unknown").
+    unverifiable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,11 @@ class PullResult:
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def parts_repaired(self) -> int:
+        """Parts fetched again, over every file, because they failed a check."""
+        return sum(f.parts_repaired for f in self.files)
+
+    @property
     def mb_per_s(self) -> float:
         """Decimal megabytes per second over the whole pull."""
         return self.bytes_downloaded / self.seconds / 1e6 if self.seconds > 0 else 0.0
@@ -65,20 +75,27 @@ class PullResult:
             "seconds": round(self.seconds, 3),
             "mb_per_s": round(self.mb_per_s, 1),
             "bytes_resumed": self.bytes_resumed,
+            "parts_repaired": self.parts_repaired,
             "retries": dict(self.retries),
             "checksums_verified": dict(self.checksums_verified),
-            "files": [
-                {
-                    "path": f.path,
-                    "size": f.size,
-                    "status": f.status,
-                    "seconds": round(f.seconds, 3),
-                    "verified": list(f.verified),
-                }
-                for f in self.files
-            ],
+            "files": [_file_dict(f) for f in self.files],
             "config": self.config,
         }
+
+
+def _file_dict(f: FileOutcome) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "path": f.path,
+        "size": f.size,
+        "status": f.status,
+        "seconds": round(f.seconds, 3),
+        "verified": list(f.verified),
+    }
+    if f.parts_repaired:
+        data["parts_repaired"] = f.parts_repaired
+    if f.unverifiable:
+        data["unverifiable"] = f.unverifiable
+    return data
 
 
 @dataclass(frozen=True)

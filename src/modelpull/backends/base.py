@@ -26,7 +26,7 @@ from modelpull.errors import (
     TransientStoreError,
     UsageError,
 )
-from modelpull.objects import ObjectInfo
+from modelpull.objects import Layout, ObjectInfo
 
 if TYPE_CHECKING:
     from modelpull.config import PullConfig
@@ -84,6 +84,14 @@ class Backend(Protocol):
         is checked too, so a replaced object raises
         :class:`~modelpull.errors.ObjectChangedError` instead of being stitched together.
         A body that ends early raises :class:`~modelpull.errors.TransientStoreError`.
+        """
+        ...
+
+    def upload_parts(self, bucket: str, obj: ObjectInfo, *, checksums: bool) -> Layout | None:
+        """How ``obj`` was uploaded in parts, or ``None`` when the store will not say.
+
+        With ``checksums`` the store is asked for each part's own published values too
+        (more requests); without, the part sizes are enough.
         """
         ...
 
@@ -212,6 +220,10 @@ class RangedGetBackend(ABC):
     @abstractmethod
     def open_range(self, obj: ObjectInfo, bucket: str, wanted: ByteRange) -> OpenRange:
         """Send the GET for ``wanted`` of ``obj`` with ``If-Match``; errors translated."""
+
+    def upload_parts(self, bucket: str, obj: ObjectInfo, *, checksums: bool) -> Layout | None:
+        """As :meth:`Backend.upload_parts`; a store that cannot tell says ``None``."""
+        return None
 
     def read_range(
         self,

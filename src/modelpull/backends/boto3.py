@@ -13,6 +13,7 @@ applies it as a context manager, ``with self._errors(bucket, key):``.
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -35,7 +36,7 @@ from modelpull.backends.errors import (
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import AccessDeniedError, ModelPullError, UsageError
-from modelpull.objects import ObjectInfo
+from modelpull.objects import Layout, ObjectInfo, UploadPart
 from modelpull.uri import normalize_endpoint
 
 __all__ = ["Boto3Backend", "translate"]
@@ -46,8 +47,18 @@ _CHECKSUM_HEADERS = {
     "x-amz-checksum-crc32c": "crc32c",
     "x-amz-checksum-crc32": "crc32",
     "x-amz-checksum-sha256": "sha256",
+    "x-amz-checksum-sha1": "sha1",
     "x-tos-hash-crc64ecma": "crc64ecma",
 }
+# GetObjectAttributes' names for each part's checksums.
+_PART_CHECKSUMS = {
+    "ChecksumCRC64NVME": "crc64nvme",
+    "ChecksumCRC32C": "crc32c",
+    "ChecksumCRC32": "crc32",
+    "ChecksumSHA256": "sha256",
+    "ChecksumSHA1": "sha1",
+}
+_PLAIN_MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
 
 
 def _headers(response: Mapping[str, Any]) -> Mapping[str, str]:
@@ -57,6 +68,27 @@ def _headers(response: Mapping[str, Any]) -> Mapping[str, str]:
 
 def _checksums(headers: Mapping[str, str]) -> dict[str, str]:
     return {kind: headers[name] for name, kind in _CHECKSUM_HEADERS.items() if headers.get(name)}
+
+
+def _int_header(response: Mapping[str, Any], name: str) -> int | None:
+    value = _headers(response).get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _upload_part(head: Mapping[str, Any], object_etag: str) -> UploadPart:
+    """One part as ``HEAD ?partNumber=`` tells it: its size, and its own values.
+
+    Some stores answer with the part's own ETag (the MD5 of its bytes), others with the
+    object's: only a plain MD5 that is not the object's counts as the part's.
+    """
+    values = _checksums(_headers(head))
+    etag = str(head.get("ETag", "")).strip('"')
+    if _PLAIN_MD5.match(etag) and etag != object_etag:
+        values["md5"] = etag.lower()
+    return UploadPart(int(head["ContentLength"]), values)
 
 
 _FAULTS: FaultTable = (
@@ -213,6 +245,69 @@ class Boto3Backend(RangedGetBackend):
             checksums=_checksums(headers),
             checksum_type=headers.get("x-amz-checksum-type"),
         )
+
+    def upload_parts(self, bucket: str, obj: ObjectInfo, *, checksums: bool) -> Layout | None:
+        """The layout from ``HEAD ?partNumber=``: part 1 gives the count and, for the
+        uniform layouts uploaders make, every size; per-part values come from the object's
+        attributes (one request a thousand parts) or, failing that, one HEAD per part."""
+        first = self._head_part(bucket, obj.key, 1)
+        count = _int_header(first, "x-amz-mp-parts-count")
+        if count is None or count < 1:
+            return None  # not a multipart object, or a store that ignores partNumber
+        size1 = int(first["ContentLength"])
+        last = obj.size - (count - 1) * size1
+        if checksums:
+            parts = self._attribute_parts(bucket, obj, count)
+            if parts is not None:
+                return Layout(parts)
+        if not checksums and 0 < last <= size1:
+            sizes = [size1] * (count - 1) + [last]
+            return Layout((_upload_part(first, obj.etag), *(UploadPart(s) for s in sizes[1:])))
+        heads = [first, *(self._head_part(bucket, obj.key, n) for n in range(2, count + 1))]
+        return Layout(tuple(_upload_part(head, obj.etag) for head in heads))
+
+    def _head_part(self, bucket: str, key: str, number: int) -> Mapping[str, Any]:
+        with self._errors(bucket, key):
+            response: Mapping[str, Any] = self._client.head_object(
+                Bucket=bucket, Key=key, PartNumber=number, ChecksumMode="ENABLED"
+            )
+        return response
+
+    def _attribute_parts(
+        self, bucket: str, obj: ObjectInfo, count: int
+    ) -> tuple[UploadPart, ...] | None:
+        """Each part's size and checksums from GetObjectAttributes, when the store has it.
+
+        It needs its own permission (``s3:GetObjectAttributes``) and lists parts only for
+        uploads made with checksums: anything short of every part is ``None``.
+        """
+        parts: list[UploadPart] = []
+        marker = 0
+        try:
+            while True:
+                response = self._client.get_object_attributes(
+                    Bucket=bucket,
+                    Key=obj.key,
+                    ObjectAttributes=["ObjectParts"],
+                    MaxParts=1000,
+                    PartNumberMarker=marker,
+                )
+                listed = response.get("ObjectParts") or {}
+                for item in listed.get("Parts") or ():
+                    values = {
+                        kind: str(item[field])
+                        for field, kind in _PART_CHECKSUMS.items()
+                        if item.get(field)
+                    }
+                    parts.append(UploadPart(int(item["Size"]), values))
+                if not listed.get("IsTruncated"):
+                    break
+                marker = int(listed["NextPartNumberMarker"])
+        except (bexc.BotoCoreError, bexc.ClientError, KeyError, ValueError, TypeError):
+            return None  # not supported, not allowed, or not what was asked
+        if len(parts) != count or sum(p.size for p in parts) != obj.size:
+            return None
+        return tuple(parts)
 
     def close(self) -> None:
         self._client.close()
