@@ -83,7 +83,7 @@ def _opt_duration(text: str) -> float | None:
 
 # The subcommands that take a field's flag: every command that talks to the store, or
 # only the one that transfers.
-STORE_COMMANDS = ("pull", "ls", "bench")
+STORE_COMMANDS = ("pull", "ls", "bench", "verify")
 PULL_COMMANDS = ("pull",)
 
 
@@ -214,7 +214,7 @@ class PullConfig:
         parse=str,
         unit="auto|strict|off",
         doc="Checksums: auto checks all the store offers; strict also fails without one.",
-        flag=Flag("--verify", "{auto,strict,off}", PULL_COMMANDS),
+        flag=Flag("--verify", "{auto,strict,off}", ("pull", "verify")),
     )
     force: bool = _opt(
         False,
@@ -223,6 +223,15 @@ class PullConfig:
         unit="flag",
         doc="Fetch every file again, even those recorded as complete and unchanged.",
         flag=Flag("--force", None, PULL_COMMANDS),
+    )
+    check_existing: bool = _opt(
+        False,
+        env=("MODELPULL_CHECK_EXISTING",),
+        parse=_bool,
+        unit="flag",
+        doc="Re-read files recorded as complete and fetch again any whose bytes changed on "
+        "disk (after a crash with fsync off, or a moved folder); costs a read of them.",
+        flag=Flag("--check-existing", None, PULL_COMMANDS),
     )
     verify_ssl: bool = _opt(
         True,

@@ -162,7 +162,8 @@ class Engine:
             if only is not None and remote.path not in only:
                 continue
             job = _Job(file=PartFile(self._state, remote, self._config))
-            if not self._config.force and job.file.is_complete():
+            recheck = self._config.check_existing
+            if not self._config.force and not recheck and job.file.is_complete():
                 self._emit(FileSkipped(path=remote.path, size=remote.obj.size))
                 outcomes.append(FileOutcome(remote.path, remote.obj.size, "skipped"))
                 continue
@@ -183,11 +184,13 @@ class Engine:
         return outcomes
 
     def _check_free_space(self, jobs: Sequence[_Job]) -> None:
-        needed = sum(job.obj.size for job in jobs)
+        # A file already at its final name will likely be kept (recorded, or adopted once
+        # checked): counting it could refuse a pull that fetches nothing. Temp files kept
+        # from an interrupted pull already hold their space.
+        needed = sum(job.obj.size for job in jobs if not job.file.adoptable())
         if not needed:
             return
         free = shutil.disk_usage(self._state.incomplete).free
-        # Temp files kept from an interrupted pull already hold their space.
         for job in jobs:
             with contextlib.suppress(OSError):
                 needed -= min(job.file.temp.stat().st_blocks * 512, job.obj.size)
@@ -274,14 +277,13 @@ class Engine:
         """Lock the file, check nobody completed it meanwhile, open or resume its temp file."""
         pf = job.file
         pf.acquire()
+        force = self._config.force
         # Another process may have completed the file while we waited for its lock.
-        if not self._config.force and pf.is_complete():
-            job.state = "reused"
-            job.outcome = FileOutcome(job.path, job.obj.size, "skipped")
-            self._emit(FileSkipped(path=job.path, size=job.obj.size))
-            pf.release()
-            self._queue.job_ended()
-            return
+        if not force and pf.is_complete():
+            if not self._config.check_existing or pf.intact():
+                self._skip(job, "skipped")
+                return
+            log.warning("%s changed on disk since it was pulled: checking it", job.path)
         if self._config.verify != "off":
             # HEAD asks for the checksums a listing lacks, and sees a replaced object.
             fresh = self._fetcher.head(job.obj.key)
@@ -295,7 +297,15 @@ class Engine:
                     code="ETagMismatch",
                 )
             pf.set_object(fresh)
-        pf.open(self._layout(pf.obj))
+        layout = self._layout(pf.obj)
+        if not force and pf.adoptable():
+            verified = pf.adopt(layout)
+            if verified is not None:
+                for kind in verified:
+                    self._emit(FileVerified(path=job.path, kind=kind))
+                self._skip(job, "adopted", verified)
+                return
+        pf.open(layout)
         if pf.repaired:
             undone = bytes_in(pf.parts, pf.repaired)
             self._emit(PartsRepaired(job.path, len(pf.repaired), undone, "resume"))
@@ -346,7 +356,7 @@ class Engine:
             return
         for kind in verified:
             self._emit(FileVerified(path=job.path, kind=kind))
-        pf.place()
+        pf.place(verified)
         seconds = time.monotonic() - pf.started
         job.state = "done"
         job.outcome = FileOutcome(
@@ -361,6 +371,14 @@ class Engine:
         )
         self._emit(FileDone(path=job.path, size=job.obj.size, seconds=seconds))
         pf.release()
+        self._queue.job_ended()
+
+    def _skip(self, job: _Job, status: str, verified: Sequence[str] = ()) -> None:
+        """With the lock held: the file in DEST is already the store's; nothing to fetch."""
+        job.state = "reused"
+        job.outcome = FileOutcome(job.path, job.obj.size, status, verified=tuple(verified))
+        self._emit(FileSkipped(path=job.path, size=job.obj.size))
+        job.file.release()
         self._queue.job_ended()
 
     def _layout(self, obj: ObjectInfo) -> Layout | None:

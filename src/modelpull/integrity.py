@@ -66,6 +66,7 @@ __all__ = [
     "guess_layouts",
     "is_multipart_etag",
     "needs_layout",
+    "whole_crc",
 ]
 
 log = logging.getLogger("modelpull")
@@ -260,6 +261,16 @@ class Verifier:
 
     # -- the whole file ---------------------------------------------------------------
 
+    def check_file(self, fd: int) -> tuple[list[str], int]:
+        """Check a complete file read from ``fd`` (already in place, or found in DEST):
+        the checks that passed and its CRC-32C, or :class:`IntegrityError`."""
+        buffer = memoryview(bytearray(_READ_BUFFER))
+        values: dict[int, PartValues] = {}
+        for index in range(len(self.parts)):
+            values[index] = self.values_from_disk(fd, index, buffer)
+            self.part_done(index, fd)
+        return self.verify(fd, values), whole_crc(self.parts, values)
+
     def verify(self, fd: int, values: Mapping[int, PartValues]) -> list[str]:
         """Check the complete file behind ``fd``; the checks that passed, or
         :class:`IntegrityError`. ``values`` are every part's, by index."""
@@ -392,6 +403,15 @@ class Verifier:
                     bad |= {i for i, (s, e) in enumerate(self.parts) if s < end and e > offset}
             offset = end
         return bad
+
+
+def whole_crc(parts: Sequence[tuple[int, int]], values: Mapping[int, PartValues]) -> int:
+    """The file's :data:`JOURNAL_KIND` CRC, combined from its parts'."""
+    kind = CRC_KINDS[JOURNAL_KIND]
+    total = 0
+    for index, (start, end) in enumerate(parts):
+        total = kind.combine(total, values[index].crcs[JOURNAL_KIND], end - start)
+    return total
 
 
 def _agrees(values: Mapping[str, int | bytes], published: Mapping[str, str]) -> bool:

@@ -30,20 +30,26 @@ way bytes reach it.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import time
+from collections.abc import Sequence
 
 from filelock import FileLock, Timeout
 
 from modelpull.config import PullConfig
+from modelpull.errors import IntegrityError
 from modelpull.files import bytes_in, dest_error, place, preallocate
 from modelpull.hashing import PartHasher, PartValues
-from modelpull.integrity import JOURNAL_KIND, Verifier
+from modelpull.integrity import JOURNAL_KIND, Verifier, whole_crc
 from modelpull.journal import Journal
 from modelpull.objects import Layout, ObjectInfo, RemoteFile
 from modelpull.state import Record, StateDir
 
 __all__ = ["PartFile"]
+
+log = logging.getLogger("modelpull")
 
 
 class PartFile:
@@ -229,8 +235,9 @@ class PartFile:
         self.journal.save()
         return bytes_in(self.parts, indices)
 
-    def place(self) -> None:
-        """Rename the verified temp file into place and record it; drop the journal."""
+    def place(self, verified: Sequence[str]) -> None:
+        """Rename the temp file, which passed ``verified``, into place and record it;
+        drop the journal."""
         fd = self.fd
         assert fd is not None and self.journal is not None
         try:
@@ -240,20 +247,89 @@ class PartFile:
             self.fd = None
             self._state.forget(self.path)
             place(self.temp, self.final, self._state.dest_real, key=self.obj.key)
-            obj = self.obj
-            self._state.write_record(
-                Record(
-                    path=self.path,
-                    key=obj.key,
-                    etag=obj.etag,
-                    size=obj.size,
-                    mtime_ns=self.final.stat().st_mtime_ns,
-                    checksums=dict(obj.checksums),
-                )
-            )
+            self._record(verified, whole_crc(self.parts, self.values))
         except OSError as exc:
             raise dest_error(exc, self.final) from exc
         self.journal.remove()
+
+    def _record(self, verified: Sequence[str], crc32c: int) -> None:
+        obj = self.obj
+        self._state.write_record(
+            Record(
+                path=self.path,
+                key=obj.key,
+                etag=obj.etag,
+                size=obj.size,
+                mtime_ns=self.final.stat().st_mtime_ns,
+                checksums=dict(obj.checksums),
+                verified=list(verified),
+                crc32c=crc32c,
+            )
+        )
+
+    # -- a file already in DEST -------------------------------------------------------
+
+    def intact(self) -> bool:
+        """Re-read the recorded final file: ``True`` when its CRC-32C is still the one
+        its record kept (``False`` too for a record too old to keep one)."""
+        record = self._state.read_record(self.path)
+        if record is None or record.crc32c is None:
+            return False
+        verifier = Verifier(self.path, self.obj, "off")
+        verifier.split(self._config.part_size)
+        try:
+            fd = os.open(self.final, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            return verifier.check_file(fd)[1] == record.crc32c
+        finally:
+            os.close(fd)
+
+    def adoptable(self) -> bool:
+        """A regular file of the object's size stands at the final name."""
+        try:
+            st = os.lstat(self.final)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_size == self.obj.size
+
+    def check_final(
+        self, layout: Layout | None, *, need_checksum: bool = False
+    ) -> tuple[list[str], str | None] | None:
+        """Check the file at the final name against the store's checksums and, when it
+        passes, record it as complete: (the checks passed, what could not be checked).
+
+        :class:`IntegrityError` when it fails; ``None`` with ``need_checksum`` when
+        nothing but its size could be checked (nothing is recorded then).
+        """
+        verifier = Verifier(self.path, self.obj, self._config.verify, layout)
+        verifier.split(self._config.part_size)
+        try:
+            fd = os.open(self.final, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise dest_error(exc, self.final) from exc
+        try:
+            verified, crc32c = verifier.check_file(fd)
+        finally:
+            os.close(fd)
+        if need_checksum and verified == ["size"]:
+            return None
+        try:
+            self._record(verified, crc32c)
+        except OSError as exc:
+            raise dest_error(exc, self.final) from exc
+        return verified, verifier.unverifiable
+
+    def adopt(self, layout: Layout | None) -> list[str] | None:
+        """Keep a file another tool put at the final name, if the store's checksums say
+        it is the object: the checks it passed, or ``None`` (then it is fetched)."""
+        try:
+            checked = self.check_final(layout, need_checksum=True)
+        except IntegrityError as exc:
+            log.info("%s is in DEST but not the store's: fetching it (%s)", self.path, exc)
+            return None
+        return None if checked is None else checked[0]
 
     def leave_partial(self) -> None:
         """Keep the temp file and its journal for whoever completes the file."""

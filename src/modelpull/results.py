@@ -15,7 +15,9 @@ __all__ = ["ClusterPullResult", "FileOutcome", "PullResult"]
 
 @dataclass
 class FileOutcome:
-    """How one file ended: ``fetched``, ``skipped``, ``partial`` (see ``only``) or ``failed``."""
+    """How one file ended: ``fetched``, ``skipped`` (recorded complete), ``adopted`` (found in
+    DEST without a record, checked against the store and kept), ``partial`` (see ``only``)
+    or ``failed``."""
 
     path: str
     size: int
@@ -54,6 +56,11 @@ class PullResult:
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def files_adopted(self) -> int:
+        """Files found in DEST, put there by another tool, checked and kept."""
+        return sum(1 for f in self.files if f.status == "adopted")
+
+    @property
     def parts_repaired(self) -> int:
         """Parts fetched again, over every file, because they failed a check."""
         return sum(f.parts_repaired for f in self.files)
@@ -75,6 +82,7 @@ class PullResult:
             "seconds": round(self.seconds, 3),
             "mb_per_s": round(self.mb_per_s, 1),
             "bytes_resumed": self.bytes_resumed,
+            "files_adopted": self.files_adopted,
             "parts_repaired": self.parts_repaired,
             "retries": dict(self.retries),
             "checksums_verified": dict(self.checksums_verified),

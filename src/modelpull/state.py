@@ -37,6 +37,23 @@ class Record:
     size: int
     mtime_ns: int
     checksums: dict[str, str] = field(default_factory=dict)
+    # The checks the file passed, and the CRC-32C of its bytes when it passed them: what
+    # --check-existing compares the file on disk with, without asking the store.
+    verified: list[str] = field(default_factory=list)
+    crc32c: int | None = None
+
+    def well_formed(self) -> bool:
+        """A record is untrusted input: every field of the type it must have."""
+        texts = (self.path, self.key, self.etag)
+        return (
+            all(isinstance(v, str) for v in texts)
+            and all(type(v) is int for v in (self.size, self.mtime_ns))
+            and isinstance(self.checksums, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.checksums.items())
+            and isinstance(self.verified, list)
+            and all(isinstance(v, str) for v in self.verified)
+            and (self.crc32c is None or (type(self.crc32c) is int and 0 <= self.crc32c < 1 << 32))
+        )
 
 
 class StateDir:
@@ -73,9 +90,10 @@ class StateDir:
     def read_record(self, path: str) -> Record | None:
         try:
             data = json.loads(self.record_path(path).read_text(encoding="utf-8"))
-            return Record(**data)
+            record = Record(**data)
         except (OSError, ValueError, TypeError):
             return None  # missing or damaged: the file is simply fetched again
+        return record if record.well_formed() and record.path == path else None
 
     def write_record(self, record: Record) -> None:
         target = self.record_path(record.path)

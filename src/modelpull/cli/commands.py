@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from modelpull import errors
 from modelpull.api import list_objects, pull
+from modelpull.cli.exits import code_of
 from modelpull.cli.options import config_overrides
 from modelpull.config import PullConfig
 from modelpull.events import Observer
@@ -165,4 +166,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"pull": _cmd_pull, "ls": _cmd_ls, "bench": _cmd_bench, "demo": _cmd_demo}
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from modelpull.verify import verify
+
+    with _target(args) as target:
+        _warn_insecure(target.config)
+        result = verify(target, args.dest, include=args.include, exclude=args.exclude)
+    if args.json:
+        print(json.dumps(result.to_dict(), sort_keys=True))
+    else:
+        for f in result.files:
+            if f.status != "good":
+                print(f"{f.status}: {f.path}" + (f" ({f.reason})" if f.reason else ""))
+        report = result.to_dict()
+        print(
+            f"verified {len(result.files)} files ({format_size(result.bytes_checked)}) in "
+            f"{result.seconds:.1f}s: {report['files_good']} good, {report['files_bad']} bad, "
+            f"{report['files_missing']} missing"
+        )
+    if not result.ok:
+        # The same exit status as a pull whose bytes failed their checksums.
+        return code_of(errors.IntegrityError)
+    return 0
+
+
+COMMANDS = {
+    "pull": _cmd_pull,
+    "ls": _cmd_ls,
+    "bench": _cmd_bench,
+    "demo": _cmd_demo,
+    "verify": _cmd_verify,
+}

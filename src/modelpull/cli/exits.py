@@ -28,6 +28,7 @@ __all__ = [
     "ExitCode",
     "Parser",
     "StopSignal",
+    "code_of",
     "exit_code",
     "exit_codes_epilog",
     "exit_codes_markdown",
@@ -63,7 +64,8 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ),
     ExitCode(
         7,
-        "integrity: the bytes did not match the store's checksum after refetching",
+        "integrity: the bytes did not match the store's checksum after refetching; "
+        "`verify` found a bad or missing file",
         (errors.IntegrityError,),
     ),
     ExitCode(
@@ -94,6 +96,11 @@ class StopSignal(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+def code_of(error: type[BaseException]) -> int:
+    """The exit status of an error class, from :data:`EXIT_CODES`."""
+    return next(e.code for e in EXIT_CODES if issubclass(error, e.errors))
 
 
 def exit_code(exc: BaseException) -> int:

@@ -91,7 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="download the same objects with each backend, side by side"
     )
     _bench_parser(bench)
-    for name, sub in (("pull", p), ("ls", ls), ("bench", bench)):
+    check = commands.add_parser(
+        "verify",
+        help="re-read the files in DEST and check them against the store's checksums",
+        description="Check each file URI names (after the filters) in DEST against the "
+        "store: missing, wrong size, or failing a checksum the store publishes is bad. "
+        "Prints one line per bad or missing file and a summary; exit 7 when any is bad. "
+        "Records of good files are refreshed, those of bad files dropped (the next pull "
+        "fetches them). Reads every local byte; downloads none.",
+    )
+    check.add_argument("uri", metavar="URI", help="s3://BUCKET/PREFIX/ (or tos://)")
+    check.add_argument("dest", metavar="DEST", help="the folder a pull of URI filled")
+    check.add_argument("--include", action="append", metavar="GLOB", help="only paths matching")
+    check.add_argument("--exclude", action="append", metavar="GLOB", help="skip paths matching")
+    check.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    for name, sub in (("pull", p), ("ls", ls), ("bench", bench), ("verify", check)):
         add_config_options(sub, name)
         add_log_options(sub)
 
