@@ -23,7 +23,7 @@ from modelpull.plan import check_files, list_remote, select
 from modelpull.resolve import Target, resolved
 from modelpull.results import FileOutcome, PullResult
 from modelpull.retry import OnRetry, RetryPolicy, retry_events
-from modelpull.tally import Tally, dispatcher
+from modelpull.tally import Tally, dispatcher, report
 from modelpull.transfer import make_dest, transfer
 
 if TYPE_CHECKING:
@@ -102,15 +102,8 @@ def _run(
         uri=str(target.uri),
         dest=str(folder),
         backend=target.backend_name,
-        files_fetched=fetched,
-        files_skipped=sum(1 for o in outcomes if o.status == "skipped"),
-        bytes_downloaded=tally.bytes,
-        seconds=seconds,
-        files=tuple(sorted(outcomes, key=lambda o: o.path)),
-        retries=dict(tally.retries),
-        checksums_verified=dict(tally.verified),
-        bytes_resumed=tally.resumed,
         config=target.config.describe(),
+        **report(tally, outcomes, seconds),
     )
 
 

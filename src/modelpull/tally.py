@@ -9,6 +9,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from modelpull.events import (
     BytesTransferred,
@@ -18,8 +19,9 @@ from modelpull.events import (
     Observer,
     PartRetried,
 )
+from modelpull.results import FileOutcome
 
-__all__ = ["Tally", "dispatcher"]
+__all__ = ["Tally", "dispatcher", "report"]
 
 log = logging.getLogger("modelpull")
 
@@ -48,6 +50,21 @@ class Tally:
         elif isinstance(event, FileResumed):
             with self._lock:
                 self.resumed += event.bytes
+
+
+def report(tally: Tally, outcomes: Sequence[FileOutcome], seconds: float) -> dict[str, Any]:
+    """The fields every pull's result has (:class:`~modelpull.results.PullResult`'s, past
+    where it came from and where it went), from its outcomes and its tally."""
+    return {
+        "files_fetched": sum(1 for o in outcomes if o.status == "fetched"),
+        "files_skipped": sum(1 for o in outcomes if o.status == "skipped"),
+        "bytes_downloaded": tally.bytes,
+        "seconds": seconds,
+        "files": tuple(sorted(outcomes, key=lambda o: o.path)),
+        "retries": dict(tally.retries),
+        "checksums_verified": dict(tally.verified),
+        "bytes_resumed": tally.resumed,
+    }
 
 
 def dispatcher(observers: Sequence[Observer]) -> Callable[[Event], None]:

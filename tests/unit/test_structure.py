@@ -17,14 +17,6 @@ SRC = Path(__file__).parents[2] / "src"
 PACKAGE = SRC / "modelpull"
 MAX_LINES = 500
 
-# TEMPORARY: modules known to be over MAX_LINES today, being split in issue 9 (by other
-# changes than this one). Empty this at merge; any module not listed here fails at once.
-TOO_LONG_BEING_SPLIT_IN_ISSUE_9 = frozenset(
-    {
-        "modelpull/cluster/run.py",  # being split in issue 9
-    }
-)
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC).with_suffix("").parts)
@@ -156,21 +148,8 @@ def line_counts() -> dict[str, int]:
 
 
 def test_no_module_over_500_lines() -> None:
-    too_long = {
-        name: lines
-        for name, lines in line_counts().items()
-        if lines > MAX_LINES and name not in TOO_LONG_BEING_SPLIT_IN_ISSUE_9
-    }
+    too_long = {name: lines for name, lines in line_counts().items() if lines > MAX_LINES}
     assert not too_long, f"modules over {MAX_LINES} lines: {too_long}"
-
-
-def test_the_temporary_allow_list_holds_only_modules_still_too_long() -> None:
-    # A module split below the limit leaves the list, so that it cannot grow back unseen.
-    lengths = line_counts()
-    stale = sorted(
-        name for name in TOO_LONG_BEING_SPLIT_IN_ISSUE_9 if lengths.get(name, 0) <= MAX_LINES
-    )
-    assert not stale, f"no longer over {MAX_LINES} lines: remove {stale} from the allow-list"
 
 
 # -- the checks check what they claim ----------------------------------------------------

@@ -31,16 +31,15 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelpull.backends.base import Backend
 from modelpull.cluster.coord import Coordinator, KVStore, StoreLost
-from modelpull.cluster.exchange import Exchange
 from modelpull.cluster.inventory import local_state, make_plan
-from modelpull.cluster.options import MIN_CHUNK_SIZE, ClusterOptions
+from modelpull.cluster.options import ClusterOptions
 from modelpull.cluster.plan import (
     ClusterPlan,
     MemberState,
@@ -51,13 +50,11 @@ from modelpull.cluster.plan import (
     missing_parts,
     plan_transfers,
 )
-from modelpull.cluster.report import describe_error, rebuild_error
-from modelpull.cluster.topology import Layout, Topology
+from modelpull.cluster.report import ClusterEvents, describe_error, rebuild_error
+from modelpull.cluster.sharing import Sharing, chunk_size, run_exchange, wants_nccl
+from modelpull.cluster.topology import Layout, Topology, check_dests
 from modelpull.cluster.transport import (
-    HEADER,
-    TransportError,
     cuda_available,
-    open_transport,
     rendezvous,
     require_torch,
 )
@@ -65,11 +62,6 @@ from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import ClusterError, InterruptedPullError, ModelPullError
 from modelpull.events import (
-    Event,
-    FileDone,
-    FileQueued,
-    FileResumed,
-    FileSkipped,
     Observer,
     PullFinished,
     PullStarted,
@@ -78,7 +70,7 @@ from modelpull.resolve import Target, resolved
 from modelpull.results import ClusterPullResult, FileOutcome
 from modelpull.retry import retry_events
 from modelpull.state import StateDir
-from modelpull.tally import Tally, dispatcher
+from modelpull.tally import dispatcher, report
 from modelpull.transfer import make_dest, transfer
 
 __all__ = ["pull_distributed"]
@@ -88,8 +80,6 @@ log = logging.getLogger("modelpull")
 # Rounds are few in practice (fetch, exchange; one more fetch and exchange per loss);
 # the cap only stops a cluster whose every fetch keeps failing from looping.
 MAX_ROUNDS = 8
-# Exchange buffers (2 x (members + 1) slots) stay under this, whatever the cluster size.
-EXCHANGE_MEMORY = 256 << 20
 # Calls in this process: keys of successive pulls never meet in the store.
 _calls = itertools.count()
 
@@ -161,8 +151,9 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.cfg = self.source.config
-        self.tally = Tally()
-        self.emit = dispatcher(self.observers)
+        self.events = ClusterEvents(self.observers)
+        self.tally = self.events.tally
+        self.emit = self.events.emit
         self.me = self.topo.rank
         self.layout = Layout({self.me: self.topo.node})
         self.from_peers = 0
@@ -170,7 +161,6 @@ class _Run:
         self.lost: list[int] = []
         self.rounds = 0
         self.settings: dict[str, Any] = {}
-        self.announced: set[str] = set()
 
     # -- the whole call ---------------------------------------------------------------
 
@@ -234,15 +224,8 @@ class _Run:
             uri=str(self.source.uri),
             dest=str(self.target),
             backend=self.source.backend_name,
-            files_fetched=fetched,
-            files_skipped=sum(1 for o in outcomes if o.status == "skipped"),
-            bytes_downloaded=self.tally.bytes,
-            seconds=seconds,
-            files=tuple(sorted(outcomes, key=lambda o: o.path)),
-            retries=dict(self.tally.retries),
-            checksums_verified=dict(self.tally.verified),
-            bytes_resumed=self.tally.resumed,
             config=self.cfg.describe(),
+            **report(self.tally, outcomes, seconds),
             rank=self.me,
             fetcher=self.layout.fetcher_of(self.me),
             nodes=self.layout.node_count(),
@@ -269,31 +252,8 @@ class _Run:
             self._lose(absent, "left before the pull began")
         present = {r: info for r, info in gathered.items() if info is not None}
         layout = Layout({r: str(info["node"]) for r, info in present.items()})
-        self._check_dests(layout, {r: str(info["dest"]) for r, info in present.items()})
+        check_dests(layout, {r: str(info["dest"]) for r, info in present.items()}, self.me)
         return layout
-
-    def _check_dests(self, layout: Layout, dests: dict[int, str]) -> None:
-        """Warn about DESTs that defeat the one-fetcher-per-disk rule; both still end right."""
-        fetcher = layout.fetcher_of(self.me)
-        if self.me == fetcher:
-            twins = [r for r in layout.fetchers if r != self.me and dests[r] == dests[self.me]]
-            if twins:
-                log.warning(
-                    "rank %d: ranks %s are other nodes but use the same DEST on this host (%s): "
-                    "they fetch and write the same files; give each its own DEST ({rank})",
-                    self.me,
-                    twins,
-                    dests[self.me],
-                )
-        elif dests[fetcher] != dests[self.me]:
-            log.warning(
-                "rank %d: DEST %s differs from that of rank %d, this node's fetcher (%s): this "
-                "rank will have to fetch on its own",
-                self.me,
-                dests[self.me],
-                fetcher,
-                dests[fetcher],
-            )
 
     def _plan(self) -> ClusterPlan:
         if self.me == 0:
@@ -403,7 +363,7 @@ class _Run:
             self.rounds = rnd + 1
             state = self._state(plan, fetch_failed=fetch_failed, nccl_failed=nccl_failed)
             if rnd == 0:
-                self._announce(plan, state)
+                self.events.announce(plan, state)
             view = self._sync(rnd, members, state)
             if view is None:
                 return self._alone(plan, "the other fetchers gave up on this rank")
@@ -425,7 +385,7 @@ class _Run:
                 share = assign_missing(missing, view)[self.me]
                 fetch_failed = not self._fetch_share(plan, share)
                 continue
-            schedule = plan_transfers(plan, view, self._chunk_size(len(members)))
+            schedule = plan_transfers(plan, view, chunk_size(self._chunk_wanted(), len(members)))
             if schedule.steps == 0:
                 break
             ok, nccl_broke = self._exchange(plan, view, schedule)
@@ -441,23 +401,9 @@ class _Run:
             self.me,
             self._engine_config(plan),
             fetch_failed=fetch_failed,
-            cuda=self._wants_nccl() and cuda_available(),
+            cuda=wants_nccl(self._backend_wanted()) and cuda_available(),
             nccl_failed=nccl_failed,
         )
-
-    def _announce(self, plan: ClusterPlan, state: MemberState) -> None:
-        """Tell observers what this rank will complete, once (rounds are internal)."""
-        for f in plan.shared():
-            if f in state.complete:
-                continue
-            remote = plan.files[f]
-            self.announced.add(remote.path)
-            self.emit(FileQueued(path=remote.path, size=remote.obj.size, parts=len(plan.parts(f))))
-            kept = sum(e - s for p, (s, e) in enumerate(plan.parts(f)) if state.has(f, p))
-            if kept:
-                resumed = FileResumed(path=remote.path, bytes=kept)
-                self.tally(resumed)
-                self.emit(resumed)
 
     def _sync(self, rnd: int, members: Sequence[int], state: MemberState) -> View | None:
         """Post this round's state, wait for the other members', agree on who is in."""
@@ -494,7 +440,7 @@ class _Run:
                 self.source,
                 files,
                 self.target,
-                self._internal_emit,
+                self.events.internal,
                 config=self._engine_config(plan),
                 only=only,
             )
@@ -507,64 +453,21 @@ class _Run:
 
     def _exchange(self, plan: ClusterPlan, view: View, schedule: Schedule) -> tuple[bool, bool]:
         """Run one exchange; (succeeded, NCCL failed)."""
-        nccl = self._use_nccl(view)
-        size = len(view.members)
-        chunk = self._chunk_size(size)
-        log.info(
-            "rank %d: exchanging %d bytes among %d fetchers in %d steps (%s)",
-            self.me,
-            schedule.total_bytes,
-            size,
-            schedule.steps,
-            "nccl" if nccl else "gloo",
+        setup = Sharing(
+            store=self.store,
+            prefix=f"{self.coord.prefix}/r{view.round}/exchange",
+            me=self.me,
+            device=self.topo.local_rank,
+            timeout=self.opts.timeout,
+            backend=self._backend_wanted(),
+            chunk_size=self._chunk_wanted(),
         )
-        exchange: Exchange | None = None
-        try:
-            transport = open_transport(
-                self.store,
-                f"{self.coord.prefix}/r{view.round}/exchange",
-                view.members.index(self.me),
-                size,
-                self.opts.timeout,
-                HEADER + chunk,
-                nccl=nccl,
-                device=self.topo.local_rank,
-            )
-            try:
-                exchange = Exchange(
-                    plan,
-                    view,
-                    self.me,
-                    self.target,
-                    self._engine_config(plan),
-                    schedule,
-                    transport,
-                    self.emit,
-                )
-                began = time.monotonic()
-                exchange.run()
-                log.debug(
-                    "rank %d: exchange done in %.2fs: %d bytes received, %d sent",
-                    self.me,
-                    time.monotonic() - began,
-                    exchange.stats.received,
-                    exchange.stats.sent,
-                )
-            finally:
-                transport.close()
-        except TransportError as exc:
-            log.warning(
-                "rank %d: the exchange of round %d failed (%s); going on without it",
-                self.me,
-                view.round,
-                exc,
-            )
-            return False, nccl
-        finally:
-            if exchange is not None:
-                self.from_peers += exchange.stats.received
-                self.to_peers += exchange.stats.sent
-        return True, False
+        done = run_exchange(
+            setup, plan, view, schedule, self.target, self._engine_config(plan), self.emit
+        )
+        self.from_peers += done.received
+        self.to_peers += done.sent
+        return done.ok, done.nccl_failed
 
     def _finalize(
         self, plan: ClusterPlan, *, announce: bool, force: bool | None = None
@@ -573,12 +476,12 @@ class _Run:
         cfg = self._engine_config(plan)
         if force is not None:
             cfg = dataclasses.replace(cfg, force=force)
-        emit = self._engine_emit(announce)
+        emit = self.events.engine(announce)
         outcomes = transfer(self.source, list(plan.files), self.target, emit, config=cfg)
         # A file completed by a share fetch is found complete here, yet this pull fetched it.
         return [
             dataclasses.replace(o, status="fetched")
-            if o.status == "skipped" and o.path in self.announced
+            if o.status == "skipped" and o.path in self.events.announced
             else o
             for o in outcomes
         ]
@@ -589,39 +492,9 @@ class _Run:
         # Part indices only mean the same thing on every node with the same part size.
         return dataclasses.replace(self.cfg, part_size=plan.part_size)
 
-    def _chunk_size(self, members: int) -> int:
-        wanted = int(self.settings.get("chunk_size", self.opts.chunk_size))
-        cap = EXCHANGE_MEMORY // (2 * (members + 1))
-        return max(MIN_CHUNK_SIZE, min(wanted, cap) // MIN_CHUNK_SIZE * MIN_CHUNK_SIZE)
+    def _backend_wanted(self) -> str:
+        """The exchange backend rank 0 chose (gloo, nccl, auto), else this rank's option."""
+        return str(self.settings.get("backend", self.opts.backend))
 
-    def _wants_nccl(self) -> bool:
-        return str(self.settings.get("backend", self.opts.backend)) in ("nccl", "auto")
-
-    def _use_nccl(self, view: View) -> bool:
-        if not self._wants_nccl():
-            return False
-        states = [view.states[m] for m in view.members]
-        usable = all(s.cuda and not s.nccl_failed for s in states)
-        if not usable and self.settings.get("backend") == "nccl":
-            log.warning("rank %d: NCCL is not usable on every fetcher: using gloo", self.me)
-        return usable
-
-    def _internal_emit(self, event: Event) -> None:
-        """Events of a share fetch: counted; file events wait for the finalize."""
-        if isinstance(event, FileQueued | FileResumed | FileSkipped | FileDone):
-            return
-        self.tally(event)
-        self.emit(event)
-
-    def _engine_emit(self, announce: bool) -> Callable[[Event], None]:
-        def emit(event: Event) -> None:
-            if not announce:
-                # Files were announced once already, with what was on disk at the start.
-                if isinstance(event, FileQueued | FileResumed):
-                    return
-                if isinstance(event, FileSkipped) and event.path in self.announced:
-                    event = FileDone(path=event.path, size=event.size, seconds=0.0)
-            self.tally(event)
-            self.emit(event)
-
-        return emit
+    def _chunk_wanted(self) -> int:
+        return int(self.settings.get("chunk_size", self.opts.chunk_size))

@@ -11,6 +11,7 @@ differently still group them right.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 from modelpull.cluster.options import ClusterOptions
 from modelpull.errors import UsageError
 
-__all__ = ["Layout", "Topology"]
+__all__ = ["Layout", "Topology", "check_dests"]
+
+log = logging.getLogger("modelpull")
 
 REQUIRED = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -104,3 +107,28 @@ class Layout:
 
     def node_count(self) -> int:
         return len(set(self.nodes.values()))
+
+
+def check_dests(layout: Layout, dests: Mapping[int, str], me: int) -> None:
+    """Warn about DESTs (``host:path`` by rank) that defeat the one-fetcher-per-disk rule;
+    the pull still ends right either way."""
+    fetcher = layout.fetcher_of(me)
+    if me == fetcher:
+        twins = [r for r in layout.fetchers if r != me and dests[r] == dests[me]]
+        if twins:
+            log.warning(
+                "rank %d: ranks %s are other nodes but use the same DEST on this host (%s): "
+                "they fetch and write the same files; give each its own DEST ({rank})",
+                me,
+                twins,
+                dests[me],
+            )
+    elif dests[fetcher] != dests[me]:
+        log.warning(
+            "rank %d: DEST %s differs from that of rank %d, this node's fetcher (%s): this "
+            "rank will have to fetch on its own",
+            me,
+            dests[me],
+            fetcher,
+            dests[fetcher],
+        )
