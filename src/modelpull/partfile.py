@@ -35,6 +35,7 @@ import time
 
 from filelock import FileLock, Timeout
 
+from modelpull import safefs
 from modelpull.config import PullConfig
 from modelpull.files import bytes_in, dest_error, place, preallocate
 from modelpull.hashing import PartHasher, PartValues
@@ -78,11 +79,13 @@ class PartFile:
 
     def acquire(self, timeout: float = -1) -> bool:
         """Take the file's lock; ``False`` when ``timeout`` (seconds) passed first."""
-        lock = FileLock(self._lock_path)
+        lock = FileLock(self._state.checked_lock_path(self.path))
         try:
             lock.acquire(timeout=timeout)
         except Timeout:
             return False
+        except OSError as exc:  # ELOOP: a link planted after the check
+            raise dest_error(exc, self._lock_path, key=self.obj.key) from exc
         self._lock = lock
         return True
 
@@ -114,13 +117,18 @@ class PartFile:
         self.parts = self.verifier.split(self._config.part_size)
         self.started = time.monotonic()
         journal = Journal.load(
-            self._journal_path, self.obj, self._config.part_size, len(self.parts), self.temp
+            self._journal_path,
+            self.obj,
+            self._config.part_size,
+            len(self.parts),
+            self.temp,
+            dest=self._state.dest,
         )
         if journal is None and not create:
             return False
         try:
             flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if journal is None else 0)
-            self.fd = os.open(self.temp, flags, 0o644)
+            self.fd = safefs.open_file(self._state.dest, self.temp, flags, key=self.obj.key)
             if journal is None:
                 preallocate(self.fd, self.obj.size)
             self.journal = journal if journal is not None else self._new_journal()
@@ -131,7 +139,13 @@ class PartFile:
         return True
 
     def _new_journal(self) -> Journal:
-        journal = Journal(self._journal_path, self.obj.etag, self.obj.size, self._config.part_size)
+        journal = Journal(
+            self._journal_path,
+            self.obj.etag,
+            self.obj.size,
+            self._config.part_size,
+            dest=self._state.dest,
+        )
         journal.remove()  # one left by another version of the object
         return journal
 
@@ -160,7 +174,12 @@ class PartFile:
         """Parts a journal holds for this object, read without locking or opening anything
         (they are re-checked when the file is opened)."""
         journal = Journal.load(
-            self._journal_path, self.obj, self._config.part_size, len(self.parts), self.temp
+            self._journal_path,
+            self.obj,
+            self._config.part_size,
+            len(self.parts),
+            self.temp,
+            dest=self._state.dest,
         )
         return frozenset(journal.done) if journal is not None else frozenset()
 
@@ -196,7 +215,10 @@ class PartFile:
         self.journal.done[index] = values.crcs[JOURNAL_KIND]
         if save:
             if self._config.fsync and self.fd is not None:
-                os.fdatasync(self.fd)
+                try:
+                    os.fdatasync(self.fd)
+                except OSError as exc:
+                    raise dest_error(exc, self.temp) from exc
             self.journal.save()
 
     # -- 4. ending --------------------------------------------------------------------
@@ -239,7 +261,7 @@ class PartFile:
             os.close(fd)
             self.fd = None
             self._state.forget(self.path)
-            place(self.temp, self.final, self._state.dest_real, key=self.obj.key)
+            placed = place(self.temp, self.final, self._state.dest, key=self.obj.key)
             obj = self.obj
             self._state.write_record(
                 Record(
@@ -247,7 +269,7 @@ class PartFile:
                     key=obj.key,
                     etag=obj.etag,
                     size=obj.size,
-                    mtime_ns=self.final.stat().st_mtime_ns,
+                    mtime_ns=placed.st_mtime_ns,
                     checksums=dict(obj.checksums),
                 )
             )
