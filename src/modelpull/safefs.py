@@ -187,7 +187,10 @@ def open_file(dest: Path, path: Path, flags: int, mode: int = 0o644, *, key: str
 
 
 def read_bytes(dest: Path, path: Path) -> bytes | None:
-    """The bytes of ``path`` under ``dest``; ``None`` when it (or its folder) is missing."""
+    """The bytes of ``path`` under ``dest``; ``None`` when it (or its folder) is missing.
+
+    For modelpull's own files (records, journals), which it always writes with one link:
+    one with another name may be a file outside DEST, and is refused unread."""
     try:
         fd = open_file(dest, path, os.O_RDONLY)
     except DestinationError as exc:
@@ -196,6 +199,9 @@ def read_bytes(dest: Path, path: Path) -> bytes | None:
         raise
     try:
         with os.fdopen(fd, "rb") as f:
+            links = os.fstat(f.fileno()).st_nlink
+            if links > 1:
+                raise _unsafe(path, f"it has {links} hard links")
             return f.read()
     except OSError as exc:
         raise dest_error(exc, path) from exc

@@ -74,6 +74,7 @@ from modelpull.events import (
     PullFinished,
     PullStarted,
 )
+from modelpull.plan import check_dest_paths
 from modelpull.resolve import Target, resolved
 from modelpull.results import ClusterPullResult, FileOutcome
 from modelpull.retry import retry_events
@@ -187,6 +188,7 @@ class _Run:
             # once (through this rank's final status) instead of leaving them to time out.
             make_dest(self.target)
             plan = self._plan()
+            check_dest_paths(plan.files, self.target)  # before any byte, from store or peer
             log.debug("rank %d: plan of %d files", self.me, len(plan.files))
             self.emit(
                 PullStarted(
