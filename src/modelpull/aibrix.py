@@ -44,6 +44,7 @@ from modelpull.compat.aibrix import (
     to_pull,
 )
 from modelpull.events import Observer
+from modelpull.files import dest_error
 from modelpull.observe.progress import ProgressDisplay
 from modelpull.plan import select
 from modelpull.results import PullResult
@@ -118,9 +119,11 @@ def _aibrix_locks(cache: AibrixCache, paths: Sequence[str]) -> Iterator[None]:
     """
     with contextlib.ExitStack() as stack:
         for path in paths:
-            lock = FileLock(cache.lock_path(path))
-            Path(lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(lock)
+            lock = FileLock(cache.checked_lock_path(path))
+            try:
+                stack.enter_context(lock)
+            except OSError as exc:  # ELOOP: a link planted after the check
+                raise dest_error(exc, cache.lock_path(path), key=path) from exc
         yield
 
 

@@ -16,10 +16,8 @@ verification: refetched from scratch, a bounded number of times) -> active again
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
-import shutil
 import signal
 import threading
 import time
@@ -35,7 +33,6 @@ from modelpull.errors import (
     InterruptedPullError,
     ModelPullError,
     ObjectChangedError,
-    UnsafePathError,
 )
 from modelpull.events import (
     BytesTransferred,
@@ -50,7 +47,7 @@ from modelpull.events import (
     PartsRepaired,
 )
 from modelpull.fetch import Fetcher, Stopped
-from modelpull.files import bytes_in, dest_error
+from modelpull.files import bytes_in
 from modelpull.hashing import PartValues
 from modelpull.integrity import needs_layout
 from modelpull.objects import Layout, ObjectInfo, RemoteFile
@@ -150,12 +147,7 @@ class Engine:
         )
         self._dest = dest
         self._state = StateDir(dest)
-        try:
-            self._state.create()
-        except OSError as exc:
-            raise dest_error(exc, dest) from exc
-        if not self._state.root.resolve().is_relative_to(self._state.dest_real):
-            raise UnsafePathError(f"{self._state.root} leads outside DEST", key="")
+        self._state.create()  # a link planted among its folders is refused
         outcomes: list[FileOutcome] = []
         jobs: list[_Job] = []
         for remote in files:
@@ -190,10 +182,10 @@ class Engine:
         needed = sum(job.obj.size for job in jobs if not job.file.adoptable())
         if not needed:
             return
-        free = shutil.disk_usage(self._state.incomplete).free
+        free = self._state.free_space()
+        # Temp files kept from an interrupted pull already hold their space.
         for job in jobs:
-            with contextlib.suppress(OSError):
-                needed -= min(job.file.temp.stat().st_blocks * 512, job.obj.size)
+            needed -= min(self._state.temp_size(job.path) or 0, job.obj.size)
         if free < needed + FREE_SPACE_MARGIN:
             raise DiskFullError(
                 f"not enough free space in {self._dest}: {needed} bytes to fetch, "

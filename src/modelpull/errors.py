@@ -12,7 +12,8 @@ a stable exit code in :mod:`modelpull.cli`'s table.
     │   └── InvalidURIError
     ├── DestinationError (OSError)            DEST unusable: not a folder, not writable, ...
     │   ├── DiskFullError                     not enough free space, or ENOSPC mid-pull
-    │   └── UnsafePathError                   a key that would land outside DEST
+    │   └── UnsafePathError                   a key that would land outside DEST (or that
+    │                                         DEST cannot hold), a link planted in DEST
     ├── StoreError                            the object store said no, or could not be reached
     │   ├── NotFoundError (FileNotFoundError)
     │   │   ├── BucketNotFoundError
@@ -80,7 +81,10 @@ class DiskFullError(DestinationError):
 
 
 class UnsafePathError(DestinationError):
-    """An object key that is absolute, has ``..`` or would land outside DEST."""
+    """An object key that is absolute, has ``..``, would land outside DEST or names a path
+    longer than DEST's file system allows; or a symlink, hard link or special file found
+    where modelpull would write under DEST (see :mod:`modelpull.safefs`). ``key`` is the
+    object's key, or ``""`` for a path of modelpull's own state folder."""
 
     def __init__(self, message: str, *, key: str) -> None:
         super().__init__(message)

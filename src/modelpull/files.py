@@ -7,7 +7,8 @@ import os
 from collections.abc import Container, Sequence
 from pathlib import Path
 
-from modelpull.errors import DestinationError, DiskFullError, UnsafePathError
+from modelpull import safefs
+from modelpull.safefs import dest_error
 
 __all__ = [
     "bytes_in",
@@ -54,29 +55,13 @@ def preallocate(fd: int, size: int) -> None:
         os.ftruncate(fd, size)  # filesystems without fallocate
 
 
-def place(temp: Path, final: Path, dest_real: Path, *, key: str) -> None:
-    """Rename a complete temp file to its final name, inside DEST and nowhere else."""
-    parent = final.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    # A symlinked folder inside DEST must not carry a file out of it.
-    if not parent.resolve().is_relative_to(dest_real):
-        raise UnsafePathError(
-            f"refusing to write {final}: {parent} leads outside DEST through a symlink",
-            key=key,
-        )
-    if final.is_dir() and not final.is_symlink():
-        raise DestinationError(f"cannot write {final}: a folder is in the way")
-    temp.replace(final)
+def place(temp: Path, final: Path, dest: Path, *, key: str) -> os.stat_result:
+    """Rename a complete temp file to its final name, inside DEST and nowhere else; what
+    the final name is afterwards.
 
-
-def dest_error(exc: OSError, where: Path) -> DestinationError:
-    """modelpull's error for an OS error while writing ``where``."""
-    if isinstance(exc, DestinationError):
-        return exc
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(
-            f"disk full while writing {where}: free some space, then run the same command "
-            "again to resume",
-            errno=exc.errno,
-        )
-    return DestinationError(f"cannot write {where}: {exc.strerror or exc}", errno=exc.errno)
+    The final file's folders are made one at a time from DEST, and a symlink among them
+    is refused (:class:`~modelpull.errors.UnsafePathError`) before anything is made or
+    moved: a folder inside DEST must not carry a file out of it. A link already at the
+    final name is replaced, never followed.
+    """
+    return safefs.replace(dest, temp, final, key=key)

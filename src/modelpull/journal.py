@@ -11,14 +11,14 @@ checked against it before it counts (see :class:`~modelpull.partfile.PartFile`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelpull import safefs
+from modelpull.errors import UnsafePathError
 from modelpull.integrity import JOURNAL_KIND
 from modelpull.objects import ObjectInfo
 
@@ -36,26 +36,35 @@ class _Unusable(ValueError):
 
 @dataclass
 class Journal:
-    """Parts done for one version of one object: part index -> CRC-32C as written."""
+    """Parts done for one version of one object: part index -> CRC-32C as written.
+
+    ``path`` (and a load's ``temp``) lie under ``dest``, reached without following links
+    (:mod:`modelpull.safefs`).
+    """
 
     path: Path
     etag: str
     size: int
     part_size: int
     done: dict[int, int] = field(default_factory=dict)
+    dest: Path = field(kw_only=True)
 
     @classmethod
     def load(
-        cls, path: Path, obj: ObjectInfo, part_size: int, parts: int, temp: Path
+        cls, path: Path, obj: ObjectInfo, part_size: int, parts: int, temp: Path, *, dest: Path
     ) -> Journal | None:
         """The journal at ``path`` if it describes exactly this download, else ``None``.
 
         A missing journal is normal; one that exists and cannot be used is reported once.
+        A link at ``path`` or ``temp`` is :class:`~modelpull.errors.UnsafePathError`.
         """
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
+            data = safefs.read_bytes(dest, path)
+            if data is None:
+                return None
+            text = data.decode("utf-8")
+        except UnsafePathError:
+            raise
         except (OSError, UnicodeDecodeError) as exc:
             _discard(path, f"it cannot be read ({exc})")
             return None
@@ -63,19 +72,24 @@ class Journal:
             done = _parse(text, obj, part_size, parts)
             if not obj.etag:
                 raise _Unusable("the object has no ETag to tie it to")
-            try:
-                temp_size = temp.stat().st_size
-            except OSError:
-                raise _Unusable("its temp file is gone") from None
+            st = safefs.lstat(dest, temp)
+            if st is None:
+                raise _Unusable("its temp file is gone")
+            temp_size = st.st_size
             if temp_size != obj.size:
                 raise _Unusable(f"its temp file holds {temp_size} bytes, not {obj.size}")
         except _Unusable as exc:
             _discard(path, str(exc))
             return None
-        return cls(path=path, etag=obj.etag, size=obj.size, part_size=part_size, done=done)
+        return cls(
+            path=path, etag=obj.etag, size=obj.size, part_size=part_size, done=done, dest=dest
+        )
 
     def save(self) -> None:
-        """Atomically replace the journal on disk; a failed write leaves no temp file."""
+        """Atomically replace the journal on disk; a failed write leaves no temp file.
+
+        Its folder is made again if it was removed; an OS error is a
+        :class:`~modelpull.errors.DestinationError` naming the journal."""
         data = {
             "version": VERSION,
             "etag": self.etag,
@@ -84,18 +98,10 @@ class Journal:
             "kind": JOURNAL_KIND,
             "done": {str(k): v for k, v in sorted(self.done.items())},
         }
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(data), encoding="utf-8")
-            tmp.replace(self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        safefs.write_atomic(self.dest, self.path, json.dumps(data).encode())
 
     def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        safefs.unlink(self.dest, self.path)
 
 
 def _parse(text: str, obj: ObjectInfo, part_size: int, parts: int) -> dict[int, int]:

@@ -38,8 +38,9 @@ from collections.abc import Sequence
 
 from filelock import FileLock, Timeout
 
+from modelpull import safefs
 from modelpull.config import PullConfig
-from modelpull.errors import IntegrityError
+from modelpull.errors import IntegrityError, ModelPullError
 from modelpull.files import bytes_in, dest_error, place, preallocate
 from modelpull.hashing import PartHasher, PartValues
 from modelpull.integrity import JOURNAL_KIND, Verifier, whole_crc
@@ -84,11 +85,13 @@ class PartFile:
 
     def acquire(self, timeout: float = -1) -> bool:
         """Take the file's lock; ``False`` when ``timeout`` (seconds) passed first."""
-        lock = FileLock(self._lock_path)
+        lock = FileLock(self._state.checked_lock_path(self.path))
         try:
             lock.acquire(timeout=timeout)
         except Timeout:
             return False
+        except OSError as exc:  # ELOOP: a link planted after the check
+            raise dest_error(exc, self._lock_path, key=self.obj.key) from exc
         self._lock = lock
         return True
 
@@ -120,13 +123,18 @@ class PartFile:
         self.parts = self.verifier.split(self._config.part_size)
         self.started = time.monotonic()
         journal = Journal.load(
-            self._journal_path, self.obj, self._config.part_size, len(self.parts), self.temp
+            self._journal_path,
+            self.obj,
+            self._config.part_size,
+            len(self.parts),
+            self.temp,
+            dest=self._state.dest,
         )
         if journal is None and not create:
             return False
         try:
             flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if journal is None else 0)
-            self.fd = os.open(self.temp, flags, 0o644)
+            self.fd = safefs.open_file(self._state.dest, self.temp, flags, key=self.obj.key)
             if journal is None:
                 preallocate(self.fd, self.obj.size)
             self.journal = journal if journal is not None else self._new_journal()
@@ -137,7 +145,13 @@ class PartFile:
         return True
 
     def _new_journal(self) -> Journal:
-        journal = Journal(self._journal_path, self.obj.etag, self.obj.size, self._config.part_size)
+        journal = Journal(
+            self._journal_path,
+            self.obj.etag,
+            self.obj.size,
+            self._config.part_size,
+            dest=self._state.dest,
+        )
         journal.remove()  # one left by another version of the object
         return journal
 
@@ -166,7 +180,12 @@ class PartFile:
         """Parts a journal holds for this object, read without locking or opening anything
         (they are re-checked when the file is opened)."""
         journal = Journal.load(
-            self._journal_path, self.obj, self._config.part_size, len(self.parts), self.temp
+            self._journal_path,
+            self.obj,
+            self._config.part_size,
+            len(self.parts),
+            self.temp,
+            dest=self._state.dest,
         )
         return frozenset(journal.done) if journal is not None else frozenset()
 
@@ -202,7 +221,10 @@ class PartFile:
         self.journal.done[index] = values.crcs[JOURNAL_KIND]
         if save:
             if self._config.fsync and self.fd is not None:
-                os.fdatasync(self.fd)
+                try:
+                    os.fdatasync(self.fd)
+                except OSError as exc:
+                    raise dest_error(exc, self.temp) from exc
             self.journal.save()
 
     # -- 4. ending --------------------------------------------------------------------
@@ -246,13 +268,13 @@ class PartFile:
             os.close(fd)
             self.fd = None
             self._state.forget(self.path)
-            place(self.temp, self.final, self._state.dest_real, key=self.obj.key)
-            self._record(verified, whole_crc(self.parts, self.values))
+            placed = place(self.temp, self.final, self._state.dest, key=self.obj.key)
+            self._record(verified, whole_crc(self.parts, self.values), placed.st_mtime_ns)
         except OSError as exc:
             raise dest_error(exc, self.final) from exc
         self.journal.remove()
 
-    def _record(self, verified: Sequence[str], crc32c: int) -> None:
+    def _record(self, verified: Sequence[str], crc32c: int, mtime_ns: int) -> None:
         obj = self.obj
         self._state.write_record(
             Record(
@@ -260,7 +282,7 @@ class PartFile:
                 key=obj.key,
                 etag=obj.etag,
                 size=obj.size,
-                mtime_ns=self.final.stat().st_mtime_ns,
+                mtime_ns=mtime_ns,
                 checksums=dict(obj.checksums),
                 verified=list(verified),
                 crc32c=crc32c,
@@ -278,21 +300,28 @@ class PartFile:
         verifier = Verifier(self.path, self.obj, "off")
         verifier.split(self._config.part_size)
         try:
-            fd = os.open(self.final, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return False
+            fd = self._open_final()
+        except ModelPullError:
+            return False  # gone, or replaced by a link: fetched again, or refused there
         try:
             return verifier.check_file(fd)[1] == record.crc32c
         finally:
             os.close(fd)
 
+    def _open_final(self) -> int:
+        """The final file, for reading, reached without following a link."""
+        try:
+            return safefs.open_file(self._state.dest, self.final, os.O_RDONLY, key=self.obj.key)
+        except OSError as exc:
+            raise dest_error(exc, self.final) from exc
+
     def adoptable(self) -> bool:
         """A regular file of the object's size stands at the final name."""
         try:
-            st = os.lstat(self.final)
+            st = safefs.lstat(self._state.dest, self.final)
         except OSError:
             return False
-        return stat.S_ISREG(st.st_mode) and st.st_size == self.obj.size
+        return st is not None and stat.S_ISREG(st.st_mode) and st.st_size == self.obj.size
 
     def check_final(
         self, layout: Layout | None, *, need_checksum: bool = False
@@ -305,18 +334,16 @@ class PartFile:
         """
         verifier = Verifier(self.path, self.obj, self._config.verify, layout)
         verifier.split(self._config.part_size)
-        try:
-            fd = os.open(self.final, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise dest_error(exc, self.final) from exc
+        fd = self._open_final()
         try:
             verified, crc32c = verifier.check_file(fd)
+            mtime_ns = os.fstat(fd).st_mtime_ns
         finally:
             os.close(fd)
         if need_checksum and verified == ["size"]:
             return None
         try:
-            self._record(verified, crc32c)
+            self._record(verified, crc32c, mtime_ns)
         except OSError as exc:
             raise dest_error(exc, self.final) from exc
         return verified, verifier.unverifiable

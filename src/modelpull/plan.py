@@ -2,23 +2,32 @@
 
 Object keys are untrusted input: a key that is absolute, has ``.``/``..`` or empty
 segments, a backslash or a NUL, or that would write into modelpull's own state folder is
-refused before anything is written.
+refused before anything is written; so is one whose name DEST's file system cannot hold,
+or whose way under DEST passes a symlink (:func:`check_dest_paths`), before any byte of
+the pull moves.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
 import posixpath
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+from modelpull import safefs
 from modelpull.backends.base import Backend
 from modelpull.errors import DestinationError, ObjectNotFoundError, UnsafePathError
 from modelpull.objects import RemoteFile
 from modelpull.state import STATE_DIR
 from modelpull.uri import ObjectURI
 
-__all__ = ["check_files", "list_remote", "matches", "safe_relpath", "select"]
+__all__ = ["check_dest_paths", "check_files", "list_remote", "matches", "safe_relpath", "select"]
+
+# POSIX's usual limits, for file systems that do not say (pathconf fails or says -1).
+DEFAULT_NAME_MAX = 255
+DEFAULT_PATH_MAX = 4096
 
 
 def safe_relpath(key: str, prefix: str) -> str:
@@ -93,6 +102,44 @@ def check_files(files: Sequence[RemoteFile]) -> list[RemoteFile]:
         raise DestinationError(f"more than one object would land at {', '.join(twice)}")
     _check_conflicts(counts)
     return list(files)
+
+
+def _limit(dest: Path, name: str, default: int) -> int:
+    try:
+        value = os.pathconf(dest, name)
+    except (OSError, ValueError):
+        return default
+    return value if value > 0 else default
+
+
+def check_dest_paths(files: Sequence[RemoteFile], dest: Path) -> None:
+    """Refuse (:class:`UnsafePathError`) a file whose name, or whole path under ``dest``,
+    is longer than ``dest``'s file system allows (``PC_NAME_MAX``, ``PC_PATH_MAX``), or
+    whose folders under ``dest`` include a symlink: either would fail only once its
+    bytes were in, so it is refused before any byte moves."""
+    name_max = _limit(dest, "PC_NAME_MAX", DEFAULT_NAME_MAX)
+    path_max = _limit(dest, "PC_PATH_MAX", DEFAULT_PATH_MAX)
+    base = len(os.fsencode(dest.absolute())) + 1
+    for f in files:
+        problem = None
+        longest = max(f.path.split("/"), key=lambda seg: len(os.fsencode(seg)))
+        if len(os.fsencode(longest)) > name_max:
+            problem = (
+                f"the name {longest[:24]}... is {len(os.fsencode(longest))} bytes long, and "
+                f"DEST's file system allows {name_max}"
+            )
+        elif base + len(os.fsencode(f.path)) >= path_max:  # PATH_MAX counts the NUL
+            problem = (
+                f"its path under {dest} is {base + len(os.fsencode(f.path))} bytes long, and "
+                f"DEST's file system allows {path_max - 1}"
+            )
+        if problem is not None:
+            raise UnsafePathError(
+                f"refusing object key {f.obj.key!r}: {problem} - exclude it (--exclude) or "
+                "choose a DEST with a shorter path",
+                key=f.obj.key,
+            )
+        safefs.lstat(dest, dest / f.path)  # walks the folders that exist; a link is refused
 
 
 def _check_conflicts(paths: Iterable[str]) -> None:

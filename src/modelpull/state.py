@@ -9,17 +9,21 @@ can shape a path here):
 - ``incomplete/<h>.part`` and ``incomplete/<h>.journal``: the file being written and
   its resume journal;
 - ``locks/<h>.lock``: held while a process fetches the file.
+
+Every path here is reached through :mod:`modelpull.safefs`: a link planted anywhere in
+this folder (or the folder itself a link) is refused, never followed out of DEST.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from modelpull import safefs
+from modelpull.errors import UnsafePathError
 from modelpull.objects import ObjectInfo
 
 __all__ = ["STATE_DIR", "Record", "StateDir"]
@@ -61,15 +65,31 @@ class StateDir:
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
-        self.dest_real = dest.resolve()
         self.root = dest / STATE_DIR
         self.records = self.root / "records"
         self.incomplete = self.root / "incomplete"
         self.locks = self.root / "locks"
 
     def create(self) -> None:
+        """Make the state folders that are missing; a link among them is refused."""
         for folder in (self.records, self.incomplete, self.locks):
-            folder.mkdir(parents=True, exist_ok=True)
+            safefs.makedirs(self.dest, folder)
+
+    def free_space(self) -> int:
+        """Bytes free for temp files, on the file system of ``incomplete/``."""
+        return safefs.free_space(self.dest, self.incomplete)
+
+    def checked_lock_path(self, path: str) -> Path:
+        """:meth:`lock_path`, once its folder is known to be a real one inside DEST and
+        the lock file, if there, a plain file (the lock library opens it by name)."""
+        lock = self.lock_path(path)
+        safefs.check_file(self.dest, lock, key=path)
+        return lock
+
+    def temp_size(self, path: str) -> int | None:
+        """Bytes the temp file of ``path`` holds on disk, or ``None`` when there is none."""
+        st = safefs.lstat(self.dest, self.temp_path(path))
+        return st.st_blocks * 512 if st is not None else None
 
     @staticmethod
     def _name(path: str) -> str:
@@ -89,29 +109,30 @@ class StateDir:
 
     def read_record(self, path: str) -> Record | None:
         try:
-            data = json.loads(self.record_path(path).read_text(encoding="utf-8"))
-            record = Record(**data)
+            data = safefs.read_bytes(self.dest, self.record_path(path))
+            record = Record(**json.loads(data)) if data is not None else None
+        except UnsafePathError:
+            raise
         except (OSError, ValueError, TypeError):
-            return None  # missing or damaged: the file is simply fetched again
-        return record if record.well_formed() and record.path == path else None
+            return None  # damaged: the file is simply fetched again
+        if record is None or not record.well_formed() or record.path != path:
+            return None
+        return record
 
     def write_record(self, record: Record) -> None:
-        target = self.record_path(record.path)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(record), sort_keys=True), encoding="utf-8")
-        tmp.replace(target)
+        data = json.dumps(asdict(record), sort_keys=True).encode()
+        safefs.write_atomic(self.dest, self.record_path(record.path), data)
 
     def forget(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.record_path(path).unlink()
+        safefs.unlink(self.dest, self.record_path(path))
 
     def is_complete(self, path: str, final: Path, obj: ObjectInfo) -> bool:
         """True when ``final`` is the recorded, unchanged download of ``obj``."""
         record = self.read_record(path)
         if record is None or record.etag != obj.etag or record.size != obj.size:
             return False
-        try:
-            st = final.stat()
-        except OSError:
+        # lstat: a link at the final name is never the recorded file (a pull replaces it).
+        st = safefs.lstat(self.dest, final)
+        if st is None or not stat.S_ISREG(st.st_mode):
             return False
         return st.st_size == obj.size and st.st_mtime_ns == record.mtime_ns

@@ -14,6 +14,7 @@ from modelpull.engine import Engine
 from modelpull.errors import DestinationError
 from modelpull.events import Event
 from modelpull.objects import RemoteFile
+from modelpull.plan import check_dest_paths
 from modelpull.resolve import Target
 from modelpull.results import FileOutcome
 from modelpull.retry import RetryPolicy
@@ -41,7 +42,9 @@ def transfer(
     retry: RetryPolicy | None = None,
     only: Mapping[str, Collection[int]] | None = None,
 ) -> list[FileOutcome]:
-    """Fetch ``files`` of ``target``'s bucket into ``dest`` (created when missing).
+    """Fetch ``files`` of ``target``'s bucket into ``dest`` (created when missing); a
+    path ``dest`` cannot hold, or that passes a link there, is refused before anything is
+    fetched.
 
     ``config`` replaces the target's for this run (the cluster pull pins the part size,
     so part indices mean the same on every node); ``retry`` defaults to the config's
@@ -49,6 +52,7 @@ def transfer(
     alone: reports (``PullStarted``, ``PullFinished``, results) are the caller's.
     """
     make_dest(dest)
+    check_dest_paths(files, dest)
     engine = Engine(
         target.backend, config if config is not None else target.config, emit, retry=retry
     )

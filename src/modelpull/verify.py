@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelpull import safefs
 from modelpull.backends.base import Backend
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
@@ -131,9 +132,8 @@ def _checker(
     def check(remote: RemoteFile) -> FileCheck:
         path, size = remote.path, remote.obj.size
         local = PartFile(state, remote, config)
-        try:
-            st = os.lstat(local.final)
-        except FileNotFoundError:
+        st = safefs.lstat(state.dest, local.final)
+        if st is None:
             state.forget(path)
             return FileCheck(path, size, "missing", reason="not in DEST")
         if st.st_size != size:

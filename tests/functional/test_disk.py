@@ -1,4 +1,5 @@
-"""Disk space: checked before the pull, and ENOSPC mid-pull, on a small private tmpfs.
+"""Disk space: checked before the pull, and ENOSPC mid-pull (writing a part or saving a
+journal), on a small private tmpfs.
 
 Each case runs in its own mount namespace (``unshare -m``) so the tmpfs is private to
 the test and disappears with it.
@@ -12,7 +13,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.helpers import S3Store, run_command
+import pytest
+
+from tests.faults.proxy import FaultProxy, Rule, delay
+from tests.helpers import S3Store, run_cli, run_command
 
 MiB = 1 << 20
 
@@ -105,3 +109,48 @@ def test_enospc_mid_pull(rclone_store: S3Store, tmp_path: Path) -> None:
     assert "resume" in result["error"]["message"]  # type: ignore[index]
     # The complete file landed; the other never appears under its final name.
     assert result["finals"] == ["a.bin"]
+
+
+# Runs the CLI given after the mount point on a fresh tmpfs, fills the disk once the temp
+# file exists (its space already reserved), then lists what is left in incomplete/.
+FILL_WHEN_TEMP_EXISTS = """
+mnt=$1; shift
+mount -t tmpfs -o size=40m tmpfs "$mnt" && mkdir "$mnt/dest" || exit 99
+"$@" &
+pid=$!
+until ls "$mnt"/dest/.modelpull/incomplete/*.part >/dev/null 2>&1; do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.02
+done
+cat /dev/zero > "$mnt/filler" 2>/dev/null
+wait "$pid"
+code=$?
+echo "--- incomplete:"
+ls -A "$mnt/dest/.modelpull/incomplete"
+exit "$code"
+"""
+
+
+@pytest.mark.slow
+def test_enospc_saving_a_journal(rclone_store: S3Store, tmp_path: Path) -> None:
+    bucket = rclone_store.new_bucket()
+    rclone_store.put(bucket, "m/w.bin", os.urandom(2 * MiB))  # two parts: one journal save
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with FaultProxy(rclone_store.endpoint_url) as proxy:
+        # The first part waits until the disk is full; its bytes go to reserved space,
+        # and the journal saved after it finds none.
+        proxy.add_rule(Rule(delay(seconds_before_headers=1.0), method="GET", path="w.bin"))
+        proc = run_cli(
+            ["pull", f"s3://{bucket}/m/", str(mnt / "dest"), "--part-size", "1MiB"],
+            rclone_store.env() | {"AWS_ENDPOINT_URL": proxy.url},
+            prefix=["unshare", "-m", "sh", "-c", FILL_WHEN_TEMP_EXISTS, "sh", str(mnt)],
+        )
+    assert proc.returncode == 6, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("modelpull: error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "disk full while writing" in errors[0] and ".journal" in errors[0]
+    left = proc.stdout.split("--- incomplete:\n", 1)[1].split()
+    assert [name for name in left if name.endswith(".part")] != []  # kept for resume
+    assert [name for name in left if name.endswith(".tmp")] == []  # no half-written journal

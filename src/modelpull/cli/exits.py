@@ -167,14 +167,20 @@ def run_command(tool: str, body: Callable[[], int], *, json_errors: bool = False
     """``body()``'s exit status, with SIGTERM stopping it as Ctrl-C does; a modelpull
     error or an interruption is reported as one ``TOOL: error: ...`` line (and with
     ``json_errors`` a JSON object on stdout) and ends with its code from :data:`EXIT_CODES`.
+    Any other exception (a bug) is one such line too, exit 1, its traceback logged at
+    debug level.
     """
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return body()
-    except (errors.ModelPullError, KeyboardInterrupt) as exc:
+    except (Exception, KeyboardInterrupt) as exc:
         message = str(exc) or type(exc).__name__
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, errors.ModelPullError):
             message = "interrupted; run the same command again to resume"
+        elif not isinstance(exc, errors.ModelPullError | KeyboardInterrupt):
+            # A bug, or an OS error nothing translated: still one line, never a traceback
+            # (it is logged with -vv); exit 1 like any other modelpull error.
+            message = f"unexpected {type(exc).__name__}: {message} (details with -vv)"
         print(f"{tool}: error: {message}", file=sys.stderr)
         if json_errors:
             print(json.dumps(_error_json(exc), sort_keys=True))

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelpull import safefs
 from modelpull.cluster.plan import Chunk, ClusterPlan, Schedule, View
 from modelpull.cluster.transport import HEADER, VALID, Handle, Transport
 from modelpull.config import PullConfig
@@ -63,6 +64,7 @@ class _LocalFile:
     ) -> None:
         self.path = remote.path
         self.file = PartFile(state, remote, config)
+        self._dest = state.dest
         self.complete = complete
         self.usable = True
         self._final_fd: int | None = None
@@ -76,7 +78,7 @@ class _LocalFile:
     def open(self, *, receiving: bool) -> None:
         try:
             if self.complete:
-                self._final_fd = os.open(self.file.final, os.O_RDONLY)
+                self._final_fd = safefs.open_file(self._dest, self.file.final, os.O_RDONLY)
                 return
             if not self.file.acquire(timeout=0):
                 # Another process is writing it: waiting would stall the whole cluster.

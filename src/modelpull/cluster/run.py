@@ -66,6 +66,7 @@ from modelpull.events import (
     PullFinished,
     PullStarted,
 )
+from modelpull.plan import check_dest_paths
 from modelpull.resolve import Target, resolved
 from modelpull.results import ClusterPullResult, FileOutcome
 from modelpull.retry import retry_events
@@ -177,15 +178,10 @@ class _Run:
             # once (through this rank's final status) instead of leaving them to time out.
             make_dest(self.target)
             plan = self._plan()
+            check_dest_paths(plan.files, self.target)  # before any byte, from store or peer
             log.debug("rank %d: plan of %d files", self.me, len(plan.files))
-            self.emit(
-                PullStarted(
-                    backend=self.source.backend.name,
-                    bucket=plan.bucket,
-                    files=len(plan.files),
-                    bytes=plan.total_bytes,
-                )
-            )
+            backend = self.source.backend.name
+            self.emit(PullStarted(backend, plan.bucket, len(plan.files), plan.total_bytes))
             try:
                 if self.me in self.layout.fetchers:
                     outcomes = self._fetcher(plan)

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelpull import safefs
 from modelpull.compat import CompatWarning
 from modelpull.config import MAX_CONCURRENCY, MIN_PART_SIZE, PullConfig
 from modelpull.credentials import Credentials
-from modelpull.errors import UsageError
+from modelpull.errors import UnsafePathError, UsageError
 from modelpull.resolve import Target, resolve
 from modelpull.uri import ObjectURI
 
@@ -305,11 +307,17 @@ class AibrixCache:
         """
         if size <= 0 or not etag:
             return False
+        # Never through a link inside the model folder (see modelpull.safefs): one there
+        # is refused, anything else unreadable is "not complete".
+        st = safefs.lstat(self.model_dir, self.model_dir / path)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
         try:
-            if (self.model_dir / path).stat().st_size != size:
-                return False
-            recorded = self.metadata_path(path).read_text(encoding="utf-8")
-        except OSError:
+            data = safefs.read_bytes(self.model_dir, self.metadata_path(path))
+            recorded = data.decode("utf-8") if data is not None else ""
+        except UnsafePathError:
+            raise
+        except (OSError, UnicodeDecodeError):
             return False
         # boto3 reports the ETag quoted, the TOS SDK bare: either spelling is the same.
         return recorded.strip().strip('"') == etag.strip('"')
@@ -320,12 +328,15 @@ class AibrixCache:
         ``quoted`` matches boto3's ETag spelling (AIBrix's S3 and TOS v2 downloaders);
         the TOS SDK (TOS v1) strips the quotes.
         """
-        target = self.metadata_path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         bare = etag.strip('"')
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(f'"{bare}"' if quoted else bare, encoding="utf-8")
-        tmp.replace(target)
+        data = (f'"{bare}"' if quoted else bare).encode()
+        safefs.write_atomic(self.model_dir, self.metadata_path(path), data)
+
+    def checked_lock_path(self, path: str) -> Path:
+        """:meth:`lock_path`, its folders made inside the model folder and no link there."""
+        lock = self.lock_path(path)
+        safefs.check_file(self.model_dir, lock, key=path)
+        return lock
 
     def etag_quoted(self, tos_version: str) -> bool:
         """Whether AIBrix would have written this source's ETags with quotes."""
