@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 from collections.abc import Container, Sequence
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from modelpull.errors import DestinationError, DiskFullError, UnsafePathError
 
 __all__ = [
     "bytes_in",
+    "check_free_space",
     "dest_error",
     "place",
     "preallocate",
@@ -29,6 +32,29 @@ def split_parts(size: int, part_size: int) -> list[tuple[int, int]]:
 def bytes_in(parts: Sequence[tuple[int, int]], indices: Container[int]) -> int:
     """Bytes covered by the parts at ``indices``."""
     return sum(end - start for i, (start, end) in enumerate(parts) if i in indices)
+
+
+# Headroom asked for beyond the bytes to fetch before a pull starts.
+FREE_SPACE_MARGIN = 16 << 20
+
+
+def check_free_space(dest: Path, folder: Path, files: Sequence[tuple[int, Path]]) -> None:
+    """Raise :class:`DiskFullError` unless ``folder`` (in ``dest``) has room for ``files``,
+    each a size and the temp file it is written to."""
+    needed = sum(size for size, _ in files)
+    if not needed:
+        return
+    free = shutil.disk_usage(folder).free
+    # Temp files kept from an interrupted pull already hold their space.
+    for size, temp in files:
+        with contextlib.suppress(OSError):
+            needed -= min(temp.stat().st_blocks * 512, size)
+    if free < needed + FREE_SPACE_MARGIN:
+        raise DiskFullError(
+            f"not enough free space in {dest}: {needed} bytes to fetch, "
+            f"{free} free - free some space or choose another DEST",
+            errno=errno.ENOSPC,
+        )
 
 
 def read_at(fd: int, view: memoryview, offset: int) -> int:

@@ -67,6 +67,23 @@ class StateDir:
     def lock_path(self, path: str) -> Path:
         return self.locks / f"{self._name(path)}.lock"
 
+    def lock_holder(self, path: str) -> int | None:
+        """The PID of the process holding ``path``'s lock, where the system tells (Linux's
+        ``/proc/locks``); ``None`` when it does not, or nobody holds it."""
+        try:
+            st = self.lock_path(path).stat()
+            table = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return None
+        device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in table.splitlines():
+            # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2148766 0 EOF"; a waiter's line has
+            # "->" after the number, and is not the holder.
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] != "->" and fields[5] == device:
+                return int(fields[4]) if fields[4].isdigit() else None
+        return None
+
     def record_path(self, path: str) -> Path:
         return self.records / f"{self._name(path)}.json"
 
