@@ -235,7 +235,7 @@ class Engine:
     def _begin_part(self, job: _Job, generation: int, index: int) -> bool:
         with job.mutex:
             if job.state == "pending":
-                if self._fetcher.whole and len(job.file.parts) > 1:
+                if self._fetcher.whole and job.wanted is None and len(job.file.parts) > 1:
                     self._make_whole(job)
                 try:
                     self._open(job)
@@ -444,8 +444,8 @@ class Engine:
                 first, self._fetcher.whole = not self._fetcher.whole, True
             if first:
                 log.warning(
-                    "%s; the store ignores Range: fetching each file whole, in one "
-                    "stream, from now on (no parallel parts; a broken stream starts over)",
+                    "the store ignores Range: fetching each file whole, in one stream, "
+                    "from now on (no parallel parts; a broken stream starts over): %s",
                     exc,
                 )
             job.whole = True

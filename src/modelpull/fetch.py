@@ -104,8 +104,8 @@ class Fetcher:
 
         def request() -> RangeResult:
             nonlocal offset, hasher
-            if self.whole and offset > start:
-                # Asking for the rest would need Range: start the object over.
+            if self.whole and offset > start == 0 and end == obj.size:
+                # Asking for the rest of the object would need Range: start it over.
                 pf.truncate(start)
                 emit(BytesTransferred(path=path, bytes=start - offset))
                 offset, hasher = start, pf.hasher(index)
