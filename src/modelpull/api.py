@@ -3,6 +3,10 @@
 Each takes a URI (resolved here, see :mod:`modelpull.resolve`) or a
 :class:`~modelpull.resolve.Target` resolved by the caller, and a ready backend when the
 caller has one (``backend=``: used as it is, never closed here).
+
+A pull runs under one :class:`~modelpull.watch.Watchdog` from its first request: the
+listing's requests too are abandoned when they stall and bounded by the deadline, and
+the listing runs beside the calling thread, which a signal can always reach.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from modelpull.results import FileOutcome, PullResult
 from modelpull.retry import OnRetry, RetryPolicy, retry_events
 from modelpull.tally import Tally, dispatcher, report
 from modelpull.transfer import make_dest, transfer
+from modelpull.watch import Watchdog
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -33,8 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["list_objects", "pull", "pull_files"]
 
-# What a pull fetches, chosen once its retry policy and reporting are in place.
-_Choose = Callable[[RetryPolicy, OnRetry], Sequence[RemoteFile]]
+# What a pull fetches, chosen once its retry policy, watchdog and reporting are in place.
+_Choose = Callable[[RetryPolicy, OnRetry, Watchdog], Sequence[RemoteFile]]
 
 
 def _check_dest(dest: Path) -> None:
@@ -79,10 +84,11 @@ def _run(
     tally = Tally()
     emit = dispatcher([tally, *_with_metrics(observers, registry, target)])
     policy = RetryPolicy.from_config(target.config)
+    watch = Watchdog.for_config(target.config, started=policy.started).start()
     outcomes: list[FileOutcome] = []
     ok = False
     try:
-        files = choose(policy, retry_events(emit))
+        files = watch.wait_for(lambda: choose(policy, retry_events(emit), watch), "modelpull-list")
         make_dest(folder)
         emit(
             PullStarted(
@@ -92,9 +98,10 @@ def _run(
                 bytes=sum(f.obj.size for f in files),
             )
         )
-        outcomes = transfer(target, files, folder, emit, retry=policy)
+        outcomes = transfer(target, files, folder, emit, retry=policy, watch=watch)
         ok = True
     finally:
+        watch.close()
         seconds = time.monotonic() - started
         fetched = sum(1 for o in outcomes if o.status == "fetched")
         emit(PullFinished(files=fetched, bytes=tally.bytes, seconds=seconds, ok=ok))
@@ -154,8 +161,8 @@ def pull(
                 options=None if distributed is True else distributed,
             )
 
-        def listing(policy: RetryPolicy, on_retry: OnRetry) -> list[RemoteFile]:
-            listed = policy.call(lambda: list_remote(target.backend, target.uri), on_retry=on_retry)
+        def listing(policy: RetryPolicy, on_retry: OnRetry, watch: Watchdog) -> list[RemoteFile]:
+            listed = _list(target, policy, watch, on_retry)
             return select(listed, include, exclude)
 
         return _run(target, dest, observers, registry, listing)
@@ -183,7 +190,7 @@ def pull_files(
     """
     chosen = check_files(files)
     with resolved(uri, config, credentials, backend) as target:
-        return _run(target, dest, observers, registry, lambda policy, on_retry: chosen)
+        return _run(target, dest, observers, registry, lambda policy, on_retry, watch: chosen)
 
 
 def list_objects(
@@ -195,8 +202,22 @@ def list_objects(
 ) -> list[RemoteFile]:
     """The files :func:`pull` would consider for ``uri``, sorted by relative path.
 
-    Transient failures are retried as a pull's listing is. Arguments are :func:`pull`'s.
+    Transient failures are retried, stalls abandoned and the deadline kept as a pull's
+    listing's are. Arguments are :func:`pull`'s.
     """
     with resolved(uri, config, credentials, backend) as target:
         policy = RetryPolicy.from_config(target.config)
-        return policy.call(lambda: list_remote(target.backend, target.uri))
+        with Watchdog.for_config(target.config, started=policy.started) as watch:
+            return watch.wait_for(lambda: _list(target, policy, watch), "modelpull-list")
+
+
+def _list(
+    target: Target, policy: RetryPolicy, watch: Watchdog, on_retry: OnRetry | None = None
+) -> list[RemoteFile]:
+    """The listing of ``target``'s URI, each attempt a flight of ``watch``."""
+
+    def attempt() -> list[RemoteFile]:
+        with watch.request("", "LIST"):
+            return list_remote(target.backend, target.uri)
+
+    return policy.call(attempt, on_retry=on_retry, stop=watch.halted)

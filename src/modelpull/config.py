@@ -49,6 +49,11 @@ DEFAULT_IO_CHUNK_SIZE = 1 * MiB
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_MAX_ATTEMPTS = 5
+# A request moving under 1KiB/s for 20s is abandoned: curl's --speed-limit/--speed-time.
+# The window leaves a stalled or trickling part retried within 30s; the rate is far
+# below any working connection, even 16 streams sharing a slow link.
+DEFAULT_SPEED_LIMIT = 1024
+DEFAULT_SPEED_TIME = 20.0
 MIN_PART_SIZE = 1 * MiB
 MAX_CONCURRENCY = 512
 
@@ -192,6 +197,24 @@ class PullConfig:
         unit="seconds",
         doc="Time allowed between two reads from a connection.",
     )
+    speed_limit: int = _opt(
+        DEFAULT_SPEED_LIMIT,
+        env=("MODELPULL_SPEED_LIMIT",),
+        parse=parse_size,
+        unit="bytes/s",
+        doc="A request moving fewer bytes per second than this over `speed_time` (headers "
+        "not arrived, a trickle, a stall) is abandoned and retried on a new connection "
+        "(retry reason `stall`). 0: never.",
+        flag=Flag("--speed-limit", "SIZE", PULL_COMMANDS),
+    )
+    speed_time: float = _opt(
+        DEFAULT_SPEED_TIME,
+        env=("MODELPULL_SPEED_TIME",),
+        parse=parse_duration,
+        unit="seconds",
+        doc="The window over which `speed_limit` is judged.",
+        flag=Flag("--speed-time", "SECONDS", PULL_COMMANDS),
+    )
     max_attempts: int = _opt(
         DEFAULT_MAX_ATTEMPTS,
         env=("MODELPULL_MAX_ATTEMPTS",),
@@ -205,7 +228,9 @@ class PullConfig:
         env=("MODELPULL_DEADLINE",),
         parse=_opt_duration,
         unit="seconds",
-        doc="Give up retrying once the pull has run this long. Unset: no deadline.",
+        doc="Wall-time limit of the whole pull (listing, requests, lock waits): when it "
+        "passes, requests in flight are abandoned and the pull stops with exit 12, keeping "
+        "what it wrote for a rerun. Unset: no deadline.",
         flag=Flag("--deadline", "SECONDS", PULL_COMMANDS),
     )
     verify: VerifyMode = _opt(
@@ -293,6 +318,10 @@ class PullConfig:
             raise UsageError(f"invalid verify mode {self.verify!r}: use auto, strict or off")
         if self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise UsageError("timeouts must be positive")
+        if self.speed_limit < 0:
+            raise UsageError("speed limit must be 0 (off) or more bytes per second")
+        if self.speed_time <= 0:
+            raise UsageError("speed time must be positive")
         if self.max_attempts < 1:
             raise UsageError("max attempts must be at least 1")
         if self.deadline is not None and self.deadline <= 0:

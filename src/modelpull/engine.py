@@ -12,98 +12,67 @@ happens as events (:mod:`modelpull.events`); it never draws progress or counts m
 A file's life in the scheduler: pending -> active (locked, temp file open, maybe resumed
 from its journal) -> done, or -> restarting (its object changed, or its bytes failed
 verification: refetched from scratch, a bounded number of times) -> active again.
+
+Every wait is bounded (:mod:`modelpull.watch`): stalled requests are retried, a stop or
+the deadline interrupts every one, a wait for another process's lock says so and ends on
+a stop. A store that ignores ``Range`` gets one whole-object stream per file
+(:meth:`Engine._fall_back`).
 """
 
 from __future__ import annotations
 
-import errno
+import dataclasses
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelpull.backends.base import Backend
 from modelpull.config import PullConfig
 from modelpull.errors import (
-    DiskFullError,
-    IntegrityError,
     InterruptedPullError,
     ModelPullError,
     ObjectChangedError,
+    RangeIgnoredError,
 )
 from modelpull.events import (
     BytesTransferred,
     Event,
-    FileDone,
     FileFailed,
     FileQueued,
     FileResumed,
     FileSkipped,
     FileVerified,
-    PartRetried,
     PartsRepaired,
 )
 from modelpull.fetch import Fetcher, Stopped
 from modelpull.files import bytes_in
+from modelpull.finish import Finishing
 from modelpull.hashing import PartValues
-from modelpull.integrity import needs_layout
-from modelpull.objects import Layout, ObjectInfo, RemoteFile
+from modelpull.jobs import Item as _Item
+from modelpull.jobs import Job as _Job
+from modelpull.objects import RemoteFile
 from modelpull.partfile import PartFile
 from modelpull.ratelimit import RateLimiter
 from modelpull.results import FileOutcome
 from modelpull.retry import RetryPolicy
 from modelpull.state import StateDir
+from modelpull.watch import POLL_SECONDS, Watchdog
 from modelpull.workqueue import WorkQueue
 
 __all__ = ["Engine"]
 
 log = logging.getLogger("modelpull")
 
-# Headroom asked for beyond the bytes to fetch before a pull starts.
-FREE_SPACE_MARGIN = 16 << 20
 # How long a stopping pull waits for workers to notice before leaving them behind.
 STOP_GRACE_SECONDS = 1.5
-# Whole-file refetches after the object changed or its bytes failed verification.
-MAX_REFETCHES = 2
-# Rounds of refetching only the parts found damaged, before a whole-file refetch.
-MAX_REPAIRS = 4
+# The part size of a file fetched whole, in one stream: larger than any object.
+WHOLE = 1 << 62
 
 
-@dataclass(eq=False)
-class _Job:
-    """The scheduler's view of one file; its bytes on disk are :attr:`file`'s."""
-
-    file: PartFile
-    # pending, active, restarting, done, partial, failed, reused; broken: failed to open
-    state: str = "pending"
-    generation: int = 0
-    wanted: set[int] | None = None  # None: every part
-    inflight: int = 0
-    refetches: int = 0
-    repairs: int = 0  # rounds of refetching damaged parts
-    repaired: int = 0  # parts refetched by them
-    # Each upload part's own published values, asked for once a verification failed.
-    part_values: Layout | None = None
-    asked_part_values: bool = False
-    outcome: FileOutcome | None = None
-    mutex: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def path(self) -> str:
-        return self.file.path
-
-    @property
-    def obj(self) -> ObjectInfo:
-        return self.file.obj
-
-
-_Item = tuple[_Job, int, int]  # job, generation, part index
-
-
-class Engine:
+class Engine(Finishing):
     """Runs one pull of already-listed files into DEST."""
 
     def __init__(
@@ -113,16 +82,19 @@ class Engine:
         emit: Callable[[Event], None],
         *,
         retry: RetryPolicy | None = None,
+        watch: Watchdog | None = None,
     ) -> None:
         self._backend = backend
         self._config = config
         self._emit = emit
-        self._stop = threading.Event()  # set on interruption or the first permanent failure
         self._error: BaseException | None = None
         self._error_lock = threading.Lock()
         self._retry = retry if retry is not None else RetryPolicy.from_config(config)
         self._limiter = RateLimiter(config.max_bandwidth) if config.max_bandwidth else None
         self._queue = WorkQueue[_Item](0)
+        # Halted on interruption, the deadline or the first permanent failure.
+        self._given_watch = watch
+        self._watch = watch or Watchdog.for_config(config, started=self._retry.started)
 
     # -- planning ---------------------------------------------------------------------
 
@@ -141,9 +113,21 @@ class Engine:
         file is left ``partial`` for another run (or another source of the other parts,
         as the cluster pull is) to complete. Files not in ``only`` are left alone.
         """
+        if self._given_watch is not None:
+            return self._run(bucket, files, dest, only)
+        with self._watch:
+            return self._run(bucket, files, dest, only)
+
+    def _run(
+        self,
+        bucket: str,
+        files: Sequence[RemoteFile],
+        dest: Path,
+        only: Mapping[str, Collection[int]] | None,
+    ) -> list[FileOutcome]:
         self._bucket = bucket
         self._fetcher = Fetcher(
-            self._backend, bucket, self._emit, self._retry, self._stop, self._limiter
+            self._backend, bucket, self._emit, self._retry, self._watch, self._limiter
         )
         self._dest = dest
         self._state = StateDir(dest)
@@ -162,7 +146,9 @@ class Engine:
             if only is not None:
                 job.wanted = set(only[remote.path])
             jobs.append(job)
-        self._check_free_space(jobs)
+        # A file already at its final name will likely be kept (recorded, or adopted once
+        # checked): counting it could refuse a pull that fetches nothing.
+        self._state.check_free_space([(j.path, j.obj.size) for j in jobs if not j.file.adoptable()])
         # Small files first: configs and tokenizers land early, shards keep workers busy.
         jobs.sort(key=lambda j: (j.obj.size, j.path))
         self._queue = WorkQueue[_Item](len(jobs))
@@ -174,24 +160,6 @@ class Engine:
         self._work(jobs)
         outcomes.extend(job.outcome for job in jobs if job.outcome is not None)
         return outcomes
-
-    def _check_free_space(self, jobs: Sequence[_Job]) -> None:
-        # A file already at its final name will likely be kept (recorded, or adopted once
-        # checked): counting it could refuse a pull that fetches nothing. Temp files kept
-        # from an interrupted pull already hold their space.
-        needed = sum(job.obj.size for job in jobs if not job.file.adoptable())
-        if not needed:
-            return
-        free = self._state.free_space()
-        # Temp files kept from an interrupted pull already hold their space.
-        for job in jobs:
-            needed -= min(self._state.temp_size(job.path) or 0, job.obj.size)
-        if free < needed + FREE_SPACE_MARGIN:
-            raise DiskFullError(
-                f"not enough free space in {self._dest}: {needed} bytes to fetch, "
-                f"{free} free - free some space or choose another DEST",
-                errno=errno.ENOSPC,
-            )
 
     # -- workers ----------------------------------------------------------------------
 
@@ -205,23 +173,31 @@ class Engine:
             thread.start()
         try:
             for thread in workers:
-                # Short joins keep the main thread responsive to Ctrl-C and SIGTERM.
-                while thread.is_alive():
-                    thread.join(0.2)
+                # Short joins keep the main thread responsive to Ctrl-C, SIGTERM and the
+                # deadline.
+                while thread.is_alive() and not self._watch.expired:
+                    thread.join(POLL_SECONDS)
         except KeyboardInterrupt as exc:
-            self._stop.set()
-            self._queue.close()
-            deadline = time.monotonic() + STOP_GRACE_SECONDS
-            for thread in workers:
-                thread.join(max(0.0, deadline - time.monotonic()))
-            self._close_all(jobs)
+            self._wind_down(workers, jobs)
             raise InterruptedPullError(
                 "pull interrupted; run the same command again to resume",
                 signum=getattr(exc, "signum", signal.SIGINT),
             ) from None
+        if self._watch.expired and any(job.outcome is None for job in jobs):
+            self._wind_down(workers, jobs)
+            raise self._watch.deadline_error()
         self._close_all(jobs)
         if self._error is not None:
             raise self._error
+
+    def _wind_down(self, workers: Sequence[threading.Thread], jobs: Sequence[_Job]) -> None:
+        """Stop every worker, waiting a moment for them; those left behind are daemons."""
+        self._watch.halt()
+        self._queue.close()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for thread in workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._close_all(jobs)
 
     def _worker(self) -> None:
         buffer = memoryview(bytearray(self._config.io_chunk_size))
@@ -239,6 +215,8 @@ class Engine:
                 pass
             except BaseException as exc:  # reported to the main thread, never lost
                 try:
+                    if _ignores_range(exc) and self._fall_back(job, generation, index, exc):
+                        continue
                     if not (isinstance(exc, ObjectChangedError) and self._restart(job, exc)):
                         self._fail(job, exc)
                 except Stopped:
@@ -249,6 +227,8 @@ class Engine:
     def _begin_part(self, job: _Job, generation: int, index: int) -> bool:
         with job.mutex:
             if job.state == "pending":
+                if self._fetcher.whole and job.wanted is None and len(job.file.parts) > 1:
+                    self._make_whole(job)
                 try:
                     self._open(job)
                 except BaseException:
@@ -268,7 +248,7 @@ class Engine:
     def _open(self, job: _Job) -> None:
         """Lock the file, check nobody completed it meanwhile, open or resume its temp file."""
         pf = job.file
-        pf.acquire()
+        self._lock(job)
         force = self._config.force
         # Another process may have completed the file while we waited for its lock.
         if not force and pf.is_complete():
@@ -306,6 +286,20 @@ class Engine:
         job.state = "active"
         self._check_complete(job)
 
+    def _lock(self, job: _Job) -> None:
+        """Take the file's lock; waiting for another process says so, and ends on a stop."""
+        if job.file.acquire(timeout=0):
+            return
+        holder = self._state.lock_holder(job.path)
+        log.warning(
+            "waiting for %s: another process%s is fetching it into the same folder",
+            job.path,
+            f" (pid {holder})" if holder is not None else "",
+        )
+        while not job.file.acquire(timeout=POLL_SECONDS):
+            if self._watch.halted.is_set():
+                raise Stopped
+
     def _end_part(self, job: _Job, generation: int, index: int, values: PartValues | None) -> None:
         with job.mutex:
             job.inflight -= 1
@@ -318,132 +312,6 @@ class Engine:
             # A single-part file needs no journal: it is complete the moment it is in.
             job.file.record(index, values, save=len(job.file.parts) > 1 or job.wanted is not None)
             self._check_complete(job)
-
-    # -- completion -------------------------------------------------------------------
-
-    def _check_complete(self, job: _Job) -> None:
-        """With the job's mutex held: verify and place the file once every part is in."""
-        pf = job.file
-        if job.state != "active" or pf.journal is None:
-            return
-        if not pf.all_done():
-            if job.wanted is not None and job.wanted.issubset(pf.done):
-                self._leave_partial(job)
-            return
-        try:
-            verified = pf.verify()
-        except IntegrityError as exc:
-            if self._repair(job, exc):
-                return
-            if job.refetches >= MAX_REFETCHES:
-                pf.discard()
-                raise
-            log.warning("%s; fetching it again", exc)
-            self._emit(
-                PartRetried(path=job.path, reason="integrity", attempt=job.refetches + 1, delay=0.0)
-            )
-            self._begin_restart(job)
-            if job.inflight == 0:
-                self._do_restart(job)
-            return
-        for kind in verified:
-            self._emit(FileVerified(path=job.path, kind=kind))
-        pf.place(verified)
-        seconds = time.monotonic() - pf.started
-        job.state = "done"
-        job.outcome = FileOutcome(
-            job.path,
-            job.obj.size,
-            "fetched",
-            seconds,
-            tuple(verified),
-            pf.resumed_bytes,
-            parts_repaired=len(pf.repaired) + job.repaired,
-            unverifiable=pf.verifier.unverifiable,
-        )
-        self._emit(FileDone(path=job.path, size=job.obj.size, seconds=seconds))
-        pf.release()
-        self._queue.job_ended()
-
-    def _skip(self, job: _Job, status: str, verified: Sequence[str] = ()) -> None:
-        """With the lock held: the file in DEST is already the store's; nothing to fetch."""
-        job.state = "reused"
-        job.outcome = FileOutcome(job.path, job.obj.size, status, verified=tuple(verified))
-        self._emit(FileSkipped(path=job.path, size=job.obj.size))
-        job.file.release()
-        self._queue.job_ended()
-
-    def _layout(self, obj: ObjectInfo) -> Layout | None:
-        """The upload's part sizes, when composite checks need them and the store tells."""
-        if not needs_layout(obj, self._config.verify):
-            return None
-        return self._fetcher.layout(obj, checksums=False)
-
-    def _repair(self, job: _Job, exc: IntegrityError) -> bool:
-        """Fetch again only the parts found damaged; ``False`` when none can be named.
-
-        Parts are named by the store's per-part values (composite checksums, per-part
-        ETags) and by the CRC each part had when written (damage on disk); a file whose
-        store publishes neither is refetched whole by the caller.
-        """
-        pf = job.file
-        if job.repairs >= MAX_REPAIRS:
-            return False
-        if not job.asked_part_values:
-            job.asked_part_values = True
-            job.part_values = self._fetcher.layout(pf.obj, checksums=True)
-        bad = pf.damaged(job.part_values)
-        if not bad or len(bad) == len(pf.parts):
-            return False
-        job.repairs += 1
-        job.repaired += len(bad)
-        undone = pf.forget(bad)
-        log.warning("%s; fetching %d damaged part(s) again", exc, len(bad))
-        self._emit(BytesTransferred(path=job.path, bytes=-undone))
-        self._emit(PartsRepaired(job.path, len(bad), undone, "integrity"))
-        self._emit(PartRetried(path=job.path, reason="integrity", attempt=job.repairs, delay=0.0))
-        self._queue.put([(job, job.generation, i) for i in sorted(bad)], front=True)
-        return True
-
-    def _leave_partial(self, job: _Job) -> None:
-        """The wanted parts are in: keep the temp file and journal for whoever completes it."""
-        job.file.leave_partial()
-        job.state = "partial"
-        seconds = time.monotonic() - job.file.started
-        job.outcome = FileOutcome(job.path, job.obj.size, "partial", seconds)
-        job.file.release()
-        self._queue.job_ended()
-
-    # -- refetching a whole file ------------------------------------------------------
-
-    def _restart(self, job: _Job, exc: ObjectChangedError) -> bool:
-        """Refetch a changed object from the start; False when the budget is spent."""
-        with job.mutex:
-            if job.state == "restarting":
-                return True  # another part of the same file saw the change first
-            if job.refetches >= MAX_REFETCHES or job.state != "active":
-                return False
-            log.warning("%s; fetching it again from the start", exc)
-            self._begin_restart(job)
-            if job.inflight == 0:
-                self._do_restart(job)
-            return True
-
-    def _begin_restart(self, job: _Job) -> None:
-        job.refetches += 1
-        job.generation += 1
-        job.state = "restarting"
-
-    def _do_restart(self, job: _Job) -> None:
-        """With the mutex held and no part in flight: start the file over, latest version."""
-        fresh = self._fetcher.head(job.obj.key)
-        undone = job.file.restart(fresh, self._layout(fresh))
-        job.part_values, job.asked_part_values = None, False
-        if undone:
-            self._emit(BytesTransferred(path=job.path, bytes=-undone))
-        job.state = "active"
-        parts = range(len(job.file.parts))
-        self._queue.put([(job, job.generation, i) for i in parts], front=True)
 
     # -- failure and cleanup ----------------------------------------------------------
 
@@ -463,14 +331,79 @@ class Engine:
                 self._error = exc
         # One missing file makes the model unusable: stop the rest, fail fast. Temp
         # files and journals stay, so the next run resumes.
-        self._stop.set()
+        self._watch.halt("failed")
         self._queue.close()
 
     def _close_all(self, jobs: Sequence[_Job]) -> None:
         for job in jobs:
-            with job.mutex:
+            # A worker left behind (stuck in a request no interrupt reached) may hold the
+            # mutex: its file is left to it, or to the process's exit.
+            if not job.mutex.acquire(timeout=0.05):
+                continue
+            try:
                 # A worker left behind may still write to this descriptor: closing it
                 # could let the number be reused by another file. Process exit closes it.
                 if job.inflight == 0:
                     job.file.close()
                 job.file.release()
+            finally:
+                job.mutex.release()
+
+    # -- a store that ignores Range ---------------------------------------------------
+
+    def _fall_back(self, job: _Job, generation: int, index: int, exc: BaseException) -> bool:
+        """The store ignores ``Range``: from now on each file is one part, fetched whole
+        without a ``Range``, and this one starts over; False when that cannot help."""
+        # A cluster pull's share (some parts of a file) cannot be fetched from such a
+        # store: the cluster pull must not split its files between nodes.
+        if job.wanted is not None:
+            return False
+        with job.mutex:
+            if generation != job.generation:
+                return True  # a part of the file as it was: it starts over anyway
+            if job.state != "active" or job.whole:
+                return False  # it failed even whole
+            with self._error_lock:
+                first, self._fetcher.whole = not self._fetcher.whole, True
+            if first:
+                log.warning(
+                    "the store ignores Range: fetching each file whole, in one stream, "
+                    "from now on (no parallel parts; a broken stream starts over): %s",
+                    exc,
+                )
+            job.whole = True
+            if len(job.file.parts) == 1:  # whole already: fetched again from byte 0
+                self._queue.put([(job, generation, index)], front=True)
+                return True
+            job.generation += 1
+            job.state = "restarting"
+            if job.inflight == 0:
+                self._restart_whole(job)
+        return True
+
+    def _make_whole(self, job: _Job) -> None:
+        """With the mutex held, before the file is opened: one part, the whole object."""
+        whole = dataclasses.replace(self._config, part_size=WHOLE)
+        job.file = PartFile(self._state, RemoteFile(obj=job.obj, path=job.path), whole)
+        job.whole = True
+        job.generation += 1
+        self._queue.put([(job, job.generation, 0)], front=True)
+
+    def _restart_whole(self, job: _Job) -> None:
+        """With the mutex held and no part in flight: start the file over, whole."""
+        old = job.file
+        undone = bytes_in(old.parts, old.done)
+        old.close()
+        old.release()
+        self._make_whole(job)
+        self._lock(job)
+        # Its journal, for another part size, is not resumed: the temp file starts empty.
+        job.file.open()
+        if undone:
+            self._emit(BytesTransferred(path=job.path, bytes=-undone))
+        job.state = "active"
+
+
+def _ignores_range(exc: BaseException) -> bool:
+    """True for a ranged GET answered with the whole object, on every attempt."""
+    return isinstance(exc, RangeIgnoredError) or isinstance(exc.__cause__, RangeIgnoredError)

@@ -21,12 +21,13 @@ a stable exit code in :mod:`modelpull.cli`'s table.
     │   ├── AccessDeniedError (PermissionError)   403, bad or missing credentials
     │   ├── EndpointError (ConnectionError)   endpoint unreachable, DNS, TLS, timeouts
     │   ├── ObjectChangedError                the object was replaced during the pull (412)
-    │   ├── TransientStoreError               worth a retry: 5xx, throttling, reset, bad answer
+    │   ├── TransientStoreError               worth a retry: 5xx, throttling, reset, stall, ...
     │   │   └── RangeIgnoredError             a ranged GET answered with the whole object
     │   └── RetriesExhaustedError             a part failed every attempt of its budget
     ├── IntegrityError                        downloaded bytes do not match a store checksum
     ├── BackendUnavailableError (ImportError) an optional backend's package is not installed
     ├── ClusterError                          a cluster pull's ranks could not finish together
+    ├── DeadlineExceededError                 the pull's --deadline passed; resumable state kept
     └── InterruptedPullError                  Ctrl-C or SIGTERM; resumable state was kept
 """
 
@@ -37,6 +38,7 @@ __all__ = [
     "BackendUnavailableError",
     "BucketNotFoundError",
     "ClusterError",
+    "DeadlineExceededError",
     "DestinationError",
     "DiskFullError",
     "EndpointError",
@@ -204,6 +206,17 @@ class ClusterError(ModelPullError):
     def __init__(self, message: str, *, ranks: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.ranks = ranks
+
+
+class DeadlineExceededError(ModelPullError):
+    """The pull's deadline (``deadline`` seconds from its start) passed before it finished.
+
+    Requests in flight were abandoned; what was written is kept for resume.
+    """
+
+    def __init__(self, message: str, *, deadline: float) -> None:
+        super().__init__(message)
+        self.deadline = deadline
 
 
 class InterruptedPullError(ModelPullError):

@@ -1,16 +1,18 @@
 """Requests to the store for one pull: each under the retry policy, each reported as
-request events, all abandoned once the pull stops.
+request events, each watched (:mod:`modelpull.watch`), all abandoned once the pull stops.
 
-:class:`Fetcher` is the engine's only way to the backend. A part is fetched straight
-into its :class:`~modelpull.partfile.PartFile`: each piece the backend reads is written
-at its offset, hashed and counted as it passes; a failed attempt keeps what it wrote and
-the next one resumes from the byte it reached.
+:class:`Fetcher` is the engine's only way to the backend. Each attempt of a request is a
+flight of the pull's watchdog, which abandons it when it stalls (a retry, reason
+``stall``) and interrupts it when the pull stops or its deadline passes. A part is
+fetched straight into its :class:`~modelpull.partfile.PartFile`: each piece the backend
+reads is written at its offset, hashed and counted as it passes; a failed attempt keeps
+what it wrote and the next one resumes from the byte it reached, unless the store
+ignores ``Range`` (:attr:`Fetcher.whole`): then it starts the object over.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -23,16 +25,13 @@ from modelpull.objects import Layout, ObjectInfo
 from modelpull.partfile import PartFile
 from modelpull.ratelimit import RateLimiter
 from modelpull.retry import RetryPolicy, retry_events
+from modelpull.watch import Stopped, Watchdog, current
 
 __all__ = ["Fetcher", "Stopped"]
 
 T = TypeVar("T")
 
 log = logging.getLogger("modelpull")
-
-
-class Stopped(Exception):
-    """Raised inside a worker to abandon a request once the pull is stopping."""
 
 
 class Fetcher:
@@ -44,15 +43,19 @@ class Fetcher:
         bucket: str,
         emit: Callable[[Event], None],
         retry: RetryPolicy,
-        stop: threading.Event,
+        watch: Watchdog,
         limiter: RateLimiter | None = None,
     ) -> None:
         self._backend = backend
         self._bucket = bucket
         self._emit = emit
         self._retry = retry
-        self._stop = stop
+        self._watch = watch
+        self._stop = watch.halted
         self._limiter = limiter
+        # The store ignores Range: a part is the whole object, sent without one, and an
+        # attempt cannot resume where another broke off.
+        self.whole = False
 
     def head(self, key: str) -> ObjectInfo:
         """Size, ETag and checksums of one object, retried."""
@@ -78,7 +81,8 @@ class Fetcher:
             self._emit(RequestStarted(path="", method=method))
             began = time.monotonic()
             try:
-                info = fn()
+                with self._watch.request("", method):
+                    info = fn()
             except BaseException as exc:
                 seconds = time.monotonic() - began
                 self._emit(RequestFinished("", method, status_of(exc), None, seconds, 0))
@@ -97,24 +101,34 @@ class Fetcher:
         write = pf.write
         hasher = pf.hasher(index)
         offset = start
+        watch = self._watch
 
         def sink(view: memoryview) -> None:
             nonlocal offset
-            if stop.is_set():
-                raise Stopped
+            flight = current()
+            assert flight is not None
             n = len(view)
             if limiter is not None:
-                limiter.take(n, stop)
-            write(view, offset)
+                with flight.busy():
+                    limiter.take(n, stop)
+            # Refused once the flight is aborted: no byte of an abandoned response lands.
+            with flight.writing():
+                write(view, offset)
             hasher.update(view)
             offset += n
             emit(BytesTransferred(path=path, bytes=n))
 
-        self._attempts(
-            path,
-            lambda: self._backend.read_range(obj, self._bucket, offset, end, buffer, sink),
-            lambda: offset,
-        )
+        def request() -> RangeResult:
+            nonlocal offset, hasher
+            if self.whole and offset > start == 0 and end == obj.size:
+                # Asking for the rest of the object would need Range: start it over.
+                pf.truncate(start)
+                emit(BytesTransferred(path=path, bytes=start - offset))
+                offset, hasher = start, pf.hasher(index)
+            with watch.request(path, "GET"):
+                return self._backend.read_range(obj, self._bucket, offset, end, buffer, sink)
+
+        self._attempts(path, request, lambda: offset)
         pf.written(index)
         return hasher.values()
 

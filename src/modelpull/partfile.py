@@ -209,6 +209,15 @@ class PartFile:
             except OSError as exc:
                 raise dest_error(exc, self.temp) from exc
 
+    def truncate(self, size: int) -> None:
+        """Cut the temp file to ``size`` bytes: a whole-object stream that broke off
+        starts over (a store that ignores ``Range`` cannot resume it)."""
+        assert self.fd is not None
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            raise dest_error(exc, self.temp) from exc
+
     def written(self, index: int) -> None:
         """Part ``index`` is all on disk: extend the in-order digests over it."""
         assert self.fd is not None

@@ -1,6 +1,8 @@
 """The one retry loop: exponential backoff with full jitter, a budget and a deadline.
 
 Every request to the store (listing, HEAD, ranged GET) runs through :meth:`RetryPolicy.call`.
+A wait that would outlast the pull's deadline is not begun: the deadline's own error
+(:class:`~modelpull.errors.DeadlineExceededError`) ends the request at once.
 Full jitter (a uniform delay between zero and the exponential cap) spreads the retries
 of many parts that failed together, which matters when a store answers 503 SlowDown to
 all of them at once. A server's ``Retry-After`` is a floor, not a suggestion.
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from modelpull.errors import (
+    DeadlineExceededError,
     EndpointError,
     ModelPullError,
     RetriesExhaustedError,
@@ -27,7 +30,7 @@ from modelpull.events import Event, PartRetried
 if TYPE_CHECKING:
     from modelpull.config import PullConfig
 
-__all__ = ["OnRetry", "RetryPolicy", "is_retryable", "retry_events"]
+__all__ = ["OnRetry", "RetryPolicy", "deadline_error", "is_retryable", "retry_events"]
 
 T = TypeVar("T")
 # (the error, the attempt that failed, seconds before the next one)
@@ -42,6 +45,15 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, TransientStoreError):
         return True
     return isinstance(exc, EndpointError) and exc.reason != "tls"
+
+
+def deadline_error(deadline: float) -> DeadlineExceededError:
+    """The one error, and the one line, of a pull that ran out of its deadline."""
+    return DeadlineExceededError(
+        f"the deadline of {deadline:g}s passed before the pull finished (--deadline / "
+        "MODELPULL_DEADLINE); what was written is kept: run the same command again to resume",
+        deadline=deadline,
+    )
 
 
 def retry_events(emit: Callable[[Event], None], path: str = "") -> OnRetry:
@@ -86,6 +98,9 @@ class RetryPolicy:
             return None
         return wait
 
+    def _retryable(self, attempt: int, exc: ModelPullError) -> bool:
+        return is_retryable(exc) and attempt < self.max_attempts
+
     def call(
         self,
         fn: Callable[[], T],
@@ -97,9 +112,11 @@ class RetryPolicy:
         """``fn()``, retried under this policy; ``on_retry(exc, attempt, delay)`` before each wait.
 
         Errors that are not retryable propagate at once. A transient store error that
-        outlives the budget or the deadline after more than one attempt becomes
+        outlives the budget after more than one attempt becomes
         :class:`~modelpull.errors.RetriesExhaustedError` (``what`` names the request in
-        its message). A ``stop`` event set during a wait re-raises the last error at once.
+        its message); one whose next attempt would come after the deadline,
+        :class:`~modelpull.errors.DeadlineExceededError`. A ``stop`` event set during a
+        wait re-raises the last error at once.
         """
         attempt = 0
         while True:
@@ -108,6 +125,9 @@ class RetryPolicy:
                 return fn()
             except ModelPullError as exc:
                 delay = self.delay(attempt, exc)
+                if delay is None and self.deadline is not None and self._retryable(attempt, exc):
+                    # Only the deadline said no: say that, not "retries exhausted".
+                    raise deadline_error(self.deadline) from exc
                 if delay is None:
                     # An unreachable endpoint stays what it is (its own exit code); a
                     # store that kept failing becomes "retries exhausted".

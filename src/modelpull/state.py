@@ -16,19 +16,24 @@ this folder (or the folder itself a link) is refused, never followed out of DEST
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import stat
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from modelpull import safefs
-from modelpull.errors import UnsafePathError
+from modelpull.errors import DiskFullError, UnsafePathError
 from modelpull.objects import ObjectInfo
 
 __all__ = ["STATE_DIR", "Record", "StateDir"]
 
 STATE_DIR = ".modelpull"
+# Headroom asked for beyond the bytes to fetch before a pull starts.
+FREE_SPACE_MARGIN = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,22 @@ class StateDir:
         """Bytes free for temp files, on the file system of ``incomplete/``."""
         return safefs.free_space(self.dest, self.incomplete)
 
+    def check_free_space(self, files: Sequence[tuple[str, int]]) -> None:
+        """Raise :class:`DiskFullError` unless there is room for ``files`` (each a path and
+        the size it will take), less what their resumable temp files already hold."""
+        needed = sum(size for _, size in files)
+        if not needed:
+            return
+        free = self.free_space()
+        for path, size in files:
+            needed -= min(self.temp_size(path) or 0, size)
+        if free < needed + FREE_SPACE_MARGIN:
+            raise DiskFullError(
+                f"not enough free space in {self.dest}: {needed} bytes to fetch, "
+                f"{free} free - free some space or choose another DEST",
+                errno=errno.ENOSPC,
+            )
+
     def checked_lock_path(self, path: str) -> Path:
         """:meth:`lock_path`, once its folder is known to be a real one inside DEST and
         the lock file, if there, a plain file (the lock library opens it by name)."""
@@ -103,6 +124,23 @@ class StateDir:
 
     def lock_path(self, path: str) -> Path:
         return self.locks / f"{self._name(path)}.lock"
+
+    def lock_holder(self, path: str) -> int | None:
+        """The PID of the process holding ``path``'s lock, where the system tells (Linux's
+        ``/proc/locks``); ``None`` when it does not, or nobody holds it."""
+        try:
+            st = self.lock_path(path).stat()
+            table = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return None
+        device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in table.splitlines():
+            # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2148766 0 EOF"; a waiter's line has
+            # "->" after the number, and is not the holder.
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] != "->" and fields[5] == device:
+                return int(fields[4]) if fields[4].isdigit() else None
+        return None
 
     def record_path(self, path: str) -> Path:
         return self.records / f"{self._name(path)}.json"

@@ -18,6 +18,7 @@ from modelpull.plan import check_dest_paths
 from modelpull.resolve import Target
 from modelpull.results import FileOutcome
 from modelpull.retry import RetryPolicy
+from modelpull.watch import Watchdog
 
 __all__ = ["make_dest", "transfer"]
 
@@ -41,6 +42,7 @@ def transfer(
     config: PullConfig | None = None,
     retry: RetryPolicy | None = None,
     only: Mapping[str, Collection[int]] | None = None,
+    watch: Watchdog | None = None,
 ) -> list[FileOutcome]:
     """Fetch ``files`` of ``target``'s bucket into ``dest`` (created when missing); a
     path ``dest`` cannot hold, or that passes a link there, is refused before anything is
@@ -48,12 +50,17 @@ def transfer(
 
     ``config`` replaces the target's for this run (the cluster pull pins the part size,
     so part indices mean the same on every node); ``retry`` defaults to the config's
-    policy; ``only`` is :meth:`modelpull.engine.Engine.run`'s. Events go to ``emit``
-    alone: reports (``PullStarted``, ``PullFinished``, results) are the caller's.
+    policy; ``only`` is :meth:`modelpull.engine.Engine.run`'s. ``watch`` is the pull's
+    running watchdog (default: one of the engine's own, for this run). Events go to
+    ``emit`` alone: reports (``PullStarted``, ``PullFinished``, results) are the caller's.
     """
     make_dest(dest)
     check_dest_paths(files, dest)
     engine = Engine(
-        target.backend, config if config is not None else target.config, emit, retry=retry
+        target.backend,
+        config if config is not None else target.config,
+        emit,
+        retry=retry,
+        watch=watch,
     )
     return engine.run(target.bucket, files, dest, only=only)

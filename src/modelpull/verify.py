@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpull import safefs
+from modelpull.api import list_objects
 from modelpull.backends.base import Backend
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
@@ -29,10 +29,11 @@ from modelpull.fetch import Fetcher
 from modelpull.integrity import needs_layout
 from modelpull.objects import RemoteFile
 from modelpull.partfile import PartFile
-from modelpull.plan import list_remote, select
+from modelpull.plan import select
 from modelpull.resolve import Target, resolved
 from modelpull.retry import RetryPolicy
 from modelpull.state import StateDir
+from modelpull.watch import Watchdog
 
 __all__ = ["FileCheck", "VerifyResult", "verify"]
 
@@ -109,15 +110,14 @@ def verify(
     folder = Path(dest)
     with resolved(uri, config, credentials, backend) as target:
         cfg = target.config
+        files = select(list_objects(target), include, exclude)
         policy = RetryPolicy.from_config(cfg)
-        listed = policy.call(lambda: list_remote(target.backend, target.uri))
-        files = select(listed, include, exclude)
-        state = StateDir(folder)
-        fetcher = Fetcher(target.backend, target.bucket, _ignore, policy, threading.Event())
-        check = _checker(state, cfg, fetcher)
-        workers = max(1, min(MAX_READERS, cfg.concurrency, len(files)))
-        with concurrent.futures.ThreadPoolExecutor(workers, "modelpull-verify") as pool:
-            verdicts = list(pool.map(check, files))
+        with Watchdog.for_config(cfg, started=policy.started) as watch:
+            fetcher = Fetcher(target.backend, target.bucket, _ignore, policy, watch)
+            check = _checker(StateDir(folder), cfg, fetcher)
+            workers = max(1, min(MAX_READERS, cfg.concurrency, len(files)))
+            with concurrent.futures.ThreadPoolExecutor(workers, "modelpull-verify") as pool:
+                verdicts = list(pool.map(check, files))
     return VerifyResult(
         uri=str(target.uri),
         dest=str(folder),

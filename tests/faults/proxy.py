@@ -16,7 +16,10 @@ path and ``Range`` and apply one action:
 - :func:`set_headers` / :func:`drop_headers` — edit the response headers;
 - :func:`set_status` — another status code on an otherwise forwarded response;
 - :func:`ignore_range` — a ranged answer dressed as a store that ignores ``Range``;
-- :func:`delay` — sleep before the headers and/or between body chunks.
+- :func:`delay` — sleep before the headers and/or between body chunks;
+- :func:`trickle` — the headers, then the body one byte (or a few) every few seconds;
+- :func:`stall` — no answer at all, or the headers (and *n* body bytes) and then
+  nothing, until the client hangs up or the proxy closes.
 
 Several rules may fire on one request: header edits, flips and delays add up, and the
 first *terminal* action (reset, truncate, status) wins; a later rule whose terminal
@@ -42,11 +45,13 @@ import http.client
 import itertools
 import random
 import re
+import select
 import socket
 import socketserver
 import struct
 import sys
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -68,7 +73,9 @@ __all__ = [
     "Rule",
     "SetHeaders",
     "SetStatus",
+    "Stall",
     "Status",
+    "Trickle",
     "TruncateAfter",
     "delay",
     "drop_headers",
@@ -77,7 +84,9 @@ __all__ = [
     "reset_after",
     "set_headers",
     "set_status",
+    "stall",
     "status",
+    "trickle",
     "truncate_after",
 ]
 
@@ -179,6 +188,23 @@ class Delay:
     per_chunk: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Trickle:
+    """Send the headers, then ``n_bytes`` of body every ``interval`` seconds: a response
+    that never goes quiet for long, yet never gets anywhere."""
+
+    interval: float
+    n_bytes: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """Stop answering: before the headers (``after_bytes`` ``None``), or after the headers
+    and ``after_bytes`` of body. Held until the client hangs up or the proxy closes."""
+
+    after_bytes: int | None = 0
+
+
 Action = (
     ResetAfter
     | TruncateAfter
@@ -189,6 +215,8 @@ Action = (
     | SetStatus
     | IgnoreRange
     | Delay
+    | Trickle
+    | Stall
 )
 _Terminal = ResetAfter | TruncateAfter | Status
 
@@ -245,6 +273,19 @@ def ignore_range() -> IgnoreRange:
 def delay(seconds_before_headers: float = 0.0, seconds_per_chunk: float = 0.0) -> Delay:
     """A slow response: a pause before the headers and/or between body chunks."""
     return Delay(seconds_before_headers, seconds_per_chunk)
+
+
+def trickle(interval: float, n_bytes: int = 1) -> Trickle:
+    """The headers, then ``n_bytes`` of body every ``interval`` seconds."""
+    if interval <= 0 or n_bytes < 1:
+        raise ValueError("a trickle needs a positive interval and at least one byte")
+    return Trickle(interval, n_bytes)
+
+
+def stall(after_bytes: int = 0, *, before_headers: bool = False) -> Stall:
+    """A server that stops answering: after the headers and ``after_bytes`` of body, or
+    (``before_headers``) without sending anything."""
+    return Stall(None if before_headers else after_bytes)
 
 
 # --- rules -----------------------------------------------------------------------------
@@ -307,7 +348,8 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """One request as the proxy saw and answered it."""
+    """One request as the proxy saw and answered it; ``status`` 0: none was sent (a stall
+    before the headers); ``at``: when it arrived (``time.monotonic()``)."""
 
     method: str
     path: str
@@ -316,6 +358,7 @@ class RequestRecord:
     status: int
     faults: tuple[str, ...]
     body_bytes: int
+    at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -328,6 +371,7 @@ class _Entry:
     status: int
     faults: tuple[str, ...]
     body_bytes: int = 0
+    at: float = 0.0
 
     def freeze(self) -> RequestRecord:
         return RequestRecord(
@@ -338,6 +382,7 @@ class _Entry:
             self.status,
             self.faults,
             self.body_bytes,
+            self.at,
         )
 
 
@@ -351,6 +396,8 @@ class _Plan:
     ignore_range: bool = False
     before_headers: float = 0.0
     per_chunk: float = 0.0
+    trickle: Trickle | None = None
+    stall: Stall | None = None
     names: list[str] = field(default_factory=list)
 
     def edit_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -529,6 +576,10 @@ class FaultProxy:
                     plan.status = action.code
                 elif isinstance(action, IgnoreRange):
                     plan.ignore_range = True
+                elif isinstance(action, Trickle):
+                    plan.trickle = action
+                elif isinstance(action, Stall):
+                    plan.stall = action
                 else:
                     plan.before_headers += action.before_headers
                     plan.per_chunk += action.per_chunk
@@ -645,6 +696,7 @@ class _Handler(BaseHTTPRequestHandler):
     # one request
 
     def _serve(self) -> None:
+        arrived = time.monotonic()
         target = urlsplit(self.path)
         ranged = self.headers.get("Range")
         plan = self.proxy._plan(self.command, target.path, target.query, ranged is not None)
@@ -653,10 +705,15 @@ class _Handler(BaseHTTPRequestHandler):
         def record(code: int) -> None:
             # Counted before the client can see the answer, so a test that has its
             # response can trust the counters.
-            entry = _Entry(self.command, target.path, target.query, ranged, code, tuple(plan.names))
+            entry = _Entry(
+                self.command, target.path, target.query, ranged, code, tuple(plan.names), 0, arrived
+            )
             self._entry = entry
             self.proxy._record(entry)
 
+        if plan.stall is not None and plan.stall.after_bytes is None:
+            record(0)  # no status: none was ever sent
+            self._hold()
         if isinstance(plan.terminal, Status):
             self._copy_request_body(None)
             record(plan.terminal.code)
@@ -790,6 +847,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         terminal = plan.terminal
         limit = terminal.n_bytes if isinstance(terminal, ResetAfter | TruncateAfter) else None
+        if plan.stall is not None and plan.stall.after_bytes is not None:
+            limit = plan.stall.after_bytes
         buf = bytearray(self.proxy.chunk_size)
         view = memoryview(buf)
         sent = 0
@@ -807,13 +866,23 @@ class _Handler(BaseHTTPRequestHandler):
                 if sent <= flip.offset < sent + n:
                     buf[flip.offset - sent] ^= flip.mask
             self.proxy._sleep(plan.per_chunk)
-            if chunked:
-                self._write(b"%x\r\n" % n)
-                self._write_body(view[:n])
-                self._write(b"\r\n")
-            else:
-                self._write_body(view[:n])
+            step = n if plan.trickle is None else plan.trickle.n_bytes
+            for at in range(0, n, step):
+                piece = view[at : min(n, at + step)]
+                if chunked:
+                    self._write(b"%x\r\n" % len(piece))
+                    self._write_body(piece)
+                    self._write(b"\r\n")
+                else:
+                    self._write_body(piece)
+                if plan.trickle is not None:
+                    if self.proxy._closing.is_set():
+                        self._abort(rst=False)
+                    self.proxy._sleep(plan.trickle.interval)
             sent += n
+
+        if plan.stall is not None:
+            self._hold()
 
         if isinstance(terminal, ResetAfter | TruncateAfter):
             # The rest of the upstream body is not wanted; that connection is spoiled.
@@ -865,6 +934,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except OSError as exc:
             raise _ClientGone from exc
+
+    def _hold(self) -> NoReturn:
+        """Answer nothing more until the client hangs up or the proxy closes."""
+        sock = self.connection
+        while not self.proxy._closing.wait(0.05):
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                try:
+                    data = sock.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    data = b""
+                if not data:
+                    break  # the client hung up
+        self._close_upstream()
+        self._abort(rst=False)
 
     def _abort(self, *, rst: bool) -> NoReturn:
         """Cut the client connection: RST when ``rst``, else a clean FIN."""

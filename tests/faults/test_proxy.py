@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError, ResponseStreamingError
+from botocore.exceptions import ClientError, ReadTimeoutError, ResponseStreamingError
 from moto.server import ThreadedMotoServer
 
 from tests.helpers import S3Store
@@ -27,7 +27,9 @@ from .proxy import (
     reset_after,
     set_headers,
     set_status,
+    stall,
     status,
+    trickle,
     truncate_after,
 )
 
@@ -36,7 +38,7 @@ SMALL = os.urandom(200_000)
 BIG = os.urandom(24 << 20)
 
 
-def make_client(endpoint: str, **creds: str) -> Any:
+def make_client(endpoint: str, read_timeout: float = 60.0, **creds: str) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
@@ -48,6 +50,7 @@ def make_client(endpoint: str, **creds: str) -> Any:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             retries={"total_max_attempts": 1},
+            read_timeout=read_timeout,
         ),
     )
 
@@ -288,6 +291,39 @@ def test_delay_before_headers_and_per_chunk(upstream: str) -> None:
             assert time.monotonic() - start >= 0.4
         finally:
             s3.close()
+
+
+def test_trickle_sends_the_body_a_few_bytes_at_a_time(proxy: FaultProxy, s3: Any) -> None:
+    proxy.add_rule(Rule(trickle(0.05, 50_000), method="GET"))
+    start = time.monotonic()
+    assert get(s3) == SMALL  # four pieces of 50,000 bytes
+    assert time.monotonic() - start >= 0.15
+    assert proxy.log[-1].faults == ("Trickle",)
+
+
+def test_stall_before_the_headers_sends_nothing(proxy: FaultProxy) -> None:
+    s3 = make_client(proxy.url, read_timeout=0.5)  # gives up on a read after 0.5 s
+    try:
+        proxy.add_rule(Rule(stall(before_headers=True), method="HEAD"))
+        with pytest.raises(ReadTimeoutError):
+            s3.head_object(Bucket=BUCKET, Key="small")
+        assert [(r.method, r.status) for r in proxy.log] == [("HEAD", 0)]
+        assert s3.head_object(Bucket=BUCKET, Key="small")["ContentLength"] == len(SMALL)
+    finally:
+        s3.close()
+
+
+def test_stall_after_the_headers_and_some_bytes(proxy: FaultProxy) -> None:
+    s3 = make_client(proxy.url, read_timeout=0.5)  # gives up on a read after 0.5 s
+    try:
+        proxy.add_rule(Rule(stall(1000), method="GET"))
+        body = s3.get_object(Bucket=BUCKET, Key="small")["Body"]
+        assert body.read(1000) == SMALL[:1000]
+        with pytest.raises(ReadTimeoutError):
+            body.read()
+        assert proxy.log[-1].body_bytes == 1000
+    finally:
+        s3.close()
 
 
 # --- rules -----------------------------------------------------------------------------

@@ -62,11 +62,19 @@ def test_modelpull_endpoint_wins_over_aws() -> None:
         ({"MODELPULL_ADDRESSING_STYLE": "sideways"}, "addressing style"),
         ({"MODELPULL_FORCE": "maybe"}, "MODELPULL_FORCE"),
         ({"MODELPULL_VERIFY": "sometimes"}, "verify"),
+        ({"MODELPULL_SPEED_TIME": "0"}, "speed time"),
+        ({"MODELPULL_SPEED_LIMIT": "-1"}, "MODELPULL_SPEED_LIMIT"),
     ],
 )
 def test_invalid_values(env: dict[str, str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         PullConfig.from_env(env)
+
+
+def test_the_stall_rule_reads_sizes_and_durations() -> None:
+    config = PullConfig.from_env({"MODELPULL_SPEED_LIMIT": "2KiB", "MODELPULL_SPEED_TIME": "1m"})
+    assert (config.speed_limit, config.speed_time) == (2048, 60.0)
+    assert PullConfig.from_env({"MODELPULL_SPEED_LIMIT": "0"}).speed_limit == 0  # off
 
 
 def test_frozen_and_keyword_only() -> None:

@@ -1,6 +1,13 @@
 import random
 
-from modelpull.errors import AccessDeniedError, EndpointError, TransientStoreError
+import pytest
+
+from modelpull.errors import (
+    AccessDeniedError,
+    DeadlineExceededError,
+    EndpointError,
+    TransientStoreError,
+)
 from modelpull.retry import RetryPolicy
 
 
@@ -32,3 +39,19 @@ def test_deadline_stops_retries() -> None:
     exc = TransientStoreError("x", reason="reset")
     exc.retry_after = 5.0
     assert policy.delay(1, exc) is None
+
+
+def test_a_retry_that_would_end_after_the_deadline_is_the_deadline() -> None:
+    policy = RetryPolicy(max_attempts=5, deadline=0.5, base_delay=10, max_delay=10)
+    calls: list[int] = []
+
+    def fail() -> None:
+        calls.append(1)
+        error = TransientStoreError("503", reason="SlowDown")
+        error.retry_after = 5.0
+        raise error
+
+    with pytest.raises(DeadlineExceededError) as info:
+        policy.call(fail)
+    assert calls == [1]
+    assert isinstance(info.value.__cause__, TransientStoreError)

@@ -7,11 +7,19 @@ engine never sees botocore or TOS SDK exceptions and never asks which backend it
 (:meth:`~RangedGetBackend.open_range`, the only SDK-specific step), its answer checked
 against the request by :func:`check_range`, then its body streamed into the engine's
 buffer. :func:`tls_verify` is their one reading of the TLS settings.
+
+A read runs under the calling thread's :class:`~modelpull.watch.Flight`, when it has
+one: the answer's :attr:`OpenRange.interrupt` is attached to it, and the body is read
+in steps that follow its pace, so progress is seen every second or so even on a
+connection that trickles (one ``readinto`` of a whole buffer would block until the
+buffer is full) while a fast one still fills the buffer in one call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -27,6 +35,7 @@ from modelpull.errors import (
     UsageError,
 )
 from modelpull.objects import Layout, ObjectInfo
+from modelpull.watch import Interrupt, current
 
 if TYPE_CHECKING:
     from modelpull.config import PullConfig
@@ -39,6 +48,7 @@ __all__ = [
     "RangeResult",
     "RangedGetBackend",
     "check_range",
+    "socket_interrupt",
     "tls_verify",
 ]
 
@@ -110,7 +120,9 @@ class OpenRange:
 
     ``readinto`` fills a view from the body and returns the byte count (0 at its end),
     its errors already translated; ``abort`` drops the connection (unread bytes make it
-    unusable); ``release`` hands a fully read connection back to the pool.
+    unusable); ``release`` hands a fully read connection back to the pool. These three
+    belong to the reading thread; ``interrupt``, when known, may be called from any
+    thread to make a read blocked there fail at once.
     """
 
     status: int
@@ -122,6 +134,48 @@ class OpenRange:
     release: Callable[[], None]
     checksums: Mapping[str, str] = field(default_factory=dict)
     checksum_type: str | None = None
+    interrupt: Interrupt | None = None
+
+
+def socket_interrupt(response: Any) -> Interrupt | None:
+    """An :data:`~modelpull.watch.Interrupt` for a urllib3 response's connection.
+
+    It shuts the socket down: a ``recv`` blocked in another thread returns at once,
+    which closing the socket would not make it do (and closing could hand its number
+    to another file meanwhile).
+    """
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if not isinstance(sock, socket.socket):
+        return None
+    return shutdown_of(sock)
+
+
+def shutdown_of(sock: socket.socket) -> Interrupt:
+    """An interrupt that shuts ``sock`` down for reading and writing."""
+
+    def interrupt() -> None:
+        with contextlib.suppress(OSError):  # already closed: nothing is blocked on it
+            # The plain socket's shutdown, also under TLS: SSLSocket's own would drop
+            # its TLS state under the feet of the thread reading it.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    return interrupt
+
+
+# Reads of a body under a flight: the first asks for this many bytes, each later one for
+# twice as many after a quick read, half as many after a slow one (within the buffer).
+FIRST_STEP = 16 * 1024
+MIN_STEP = 4 * 1024
+QUICK_READ_SECONDS = 0.05
+SLOW_READ_SECONDS = 0.5
+
+
+def _pace(step: int, seconds: float, most: int) -> int:
+    if seconds < QUICK_READ_SECONDS:
+        return min(most, step * 2)
+    if seconds > SLOW_READ_SECONDS:
+        return max(MIN_STEP, step // 2)
+    return step
 
 
 # "bytes FIRST-LAST/TOTAL"; TOTAL may be "*" (unknown), which never fits a listed size.
@@ -183,6 +237,44 @@ def check_range(answer: OpenRange, obj: ObjectInfo, wanted: ByteRange, site: Sit
         raise misfit(f"{answer.content_length} bytes")
 
 
+def _stream(
+    answer: OpenRange, length: int, buffer: memoryview, sink: ChunkSink, site: Site
+) -> None:
+    """Read ``length`` bytes of ``answer``'s body into ``buffer``, passing it to ``sink``
+    each time it is full, and at the end. What arrived before a failure is passed on too:
+    the next attempt resumes after it."""
+    flight = current()
+    # Without a flight nobody watches progress: one read per buffer.
+    step = FIRST_STEP if flight is not None else len(buffer)
+    remaining, filled = length, 0
+    try:
+        while remaining:
+            room = min(len(buffer) - filled, remaining)
+            view = buffer[filled : filled + min(step, room)]
+            began = time.monotonic()
+            n = answer.readinto(view)
+            if n == 0:
+                raise TransientStoreError(
+                    f"{site}: body ended {remaining} bytes early",
+                    bucket=site.bucket,
+                    key=site.key,
+                    reason="short_body",
+                )
+            filled += n
+            remaining -= n
+            if flight is not None:
+                flight.progress(n)
+                step = _pace(step, time.monotonic() - began, len(buffer))
+            if filled == len(buffer) or not remaining:
+                # What the sink raises (a full disk, a stop) is the engine's: not translated.
+                full, filled = buffer[:filled], 0
+                sink(full)
+    except Exception:
+        if filled:
+            sink(buffer[:filled])
+        raise
+
+
 def tls_verify(config: PullConfig) -> bool | str:
     """How to verify TLS: ``False`` when off, a CA bundle's path, or ``True`` (default CAs).
 
@@ -240,25 +332,17 @@ class RangedGetBackend(ABC):
         answer = self.open_range(obj, bucket, wanted)
         first_byte = time.monotonic() - started
         site = Site(bucket, obj.key, self.names)
+        flight = current()
+        if flight is not None and answer.interrupt is not None:
+            flight.attach(answer.interrupt)
         try:
             check_range(answer, obj, wanted, site)
-            remaining = end - start
-            while remaining:
-                view = buffer[: min(len(buffer), remaining)]
-                n = answer.readinto(view)
-                if n == 0:
-                    raise TransientStoreError(
-                        f"{site}: body ended {remaining} bytes early",
-                        bucket=bucket,
-                        key=obj.key,
-                        reason="short_body",
-                    )
-                # What the sink raises (a full disk, a stop) is the engine's: not translated.
-                sink(view[:n])
-                remaining -= n
+            _stream(answer, end - start, buffer, sink, site)
         except BaseException:
             answer.abort()
             raise
+        if flight is not None:
+            flight.detach()  # the pool may hand the connection to another request now
         answer.release()
         return RangeResult(
             status=answer.status,

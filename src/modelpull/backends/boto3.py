@@ -8,6 +8,10 @@ it reached, and counts each retry by reason.
 :func:`translate` is the one place botocore and urllib3 errors become modelpull's (the
 store's answers by the shared table in :mod:`modelpull.backends.errors`); the backend
 applies it as a context manager, ``with self._errors(bucket, key):``.
+
+Every request can be interrupted by the pull's watchdog (:mod:`modelpull.watch`), even
+one still waiting for its headers: the client's connections are of a class that hands
+the calling thread's flight a way to shut their socket down (:func:`_watch_connections`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ import botocore.session
 import urllib3.exceptions as uexc
 from botocore.config import Config
 
-from modelpull.backends.base import ByteRange, OpenRange, RangedGetBackend, tls_verify
+from modelpull.backends.base import (
+    ByteRange,
+    OpenRange,
+    RangedGetBackend,
+    shutdown_of,
+    socket_interrupt,
+    tls_verify,
+)
 from modelpull.backends.errors import (
     ErrorMap,
     FaultTable,
@@ -38,6 +49,7 @@ from modelpull.credentials import Credentials
 from modelpull.errors import AccessDeniedError, ModelPullError, UsageError
 from modelpull.objects import Layout, ObjectInfo, UploadPart
 from modelpull.uri import normalize_endpoint
+from modelpull.watch import current
 
 __all__ = ["Boto3Backend", "translate"]
 
@@ -140,6 +152,45 @@ def translate(exc: BaseException, site: Site) -> ModelPullError:
     return fault_error(fault_of(exc, _FAULTS), exc, site)
 
 
+def _watched(pool: Any) -> Any:
+    """``pool`` (a urllib3 connection pool class) whose connections, as each request
+    waits for its answer, give the calling thread's flight a way to interrupt it."""
+
+    class WatchedConnection(pool.ConnectionCls):  # type: ignore[misc]
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            flight = current()
+            sock = self.sock
+            self.modelpull_flight = flight
+            if flight is not None and isinstance(sock, socket.socket):
+                shutdown = shutdown_of(sock)
+
+                def interrupt() -> None:
+                    # Only while this request owns the connection: the pool may have
+                    # handed it to another by the time an abort comes.
+                    if self.modelpull_flight is flight and self.sock is sock:
+                        shutdown()
+
+                flight.attach(interrupt)
+            return super().getresponse(*args, **kwargs)
+
+    return type(f"Watched{pool.__name__}", (pool,), {"ConnectionCls": WatchedConnection})
+
+
+def _watch_connections(client: Any) -> None:
+    """Make every connection ``client`` opens one that the watchdog can interrupt.
+
+    botocore builds its pools from one mapping of scheme to pool class, shared by its
+    pool and proxy managers (a private attribute, stable since botocore 1.11). Without
+    it only response bodies can be interrupted: a request waiting for its headers is
+    bounded by ``read_timeout`` alone.
+    """
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    classes = getattr(session, "_pool_classes_by_scheme", None)
+    if isinstance(classes, dict):
+        for scheme, pool in list(classes.items()):
+            classes[scheme] = _watched(pool)
+
+
 class Boto3Backend(RangedGetBackend):
     """S3 through botocore; one thread-safe client shared by every worker.
 
@@ -183,6 +234,7 @@ class Boto3Backend(RangedGetBackend):
                 )
             except ValueError as exc:  # botocore's "Invalid endpoint" and kin
                 raise UsageError(f"invalid endpoint or region: {exc}") from None
+        _watch_connections(self._client)
         self._errors = ErrorMap(translate, self.names, self._client.meta.endpoint_url)
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
@@ -244,6 +296,7 @@ class Boto3Backend(RangedGetBackend):
             release=raw.release_conn,
             checksums=_checksums(headers),
             checksum_type=headers.get("x-amz-checksum-type"),
+            interrupt=socket_interrupt(raw),
         )
 
     def upload_parts(self, bucket: str, obj: ObjectInfo, *, checksums: bool) -> Layout | None:

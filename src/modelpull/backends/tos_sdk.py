@@ -30,7 +30,13 @@ from typing import Any
 import boto3
 import urllib3.exceptions as uexc
 
-from modelpull.backends.base import ByteRange, OpenRange, RangedGetBackend, tls_verify
+from modelpull.backends.base import (
+    ByteRange,
+    OpenRange,
+    RangedGetBackend,
+    socket_interrupt,
+    tls_verify,
+)
 from modelpull.backends.errors import (
     ErrorMap,
     FaultTable,
@@ -256,6 +262,8 @@ class TosSdkBackend(RangedGetBackend):
             abort=output.resp.resp.close,  # requests' response
             release=lambda: None,  # requests hands back a connection whose body was read
             checksums=_checksums(output.hash_crc64_ecma),
+            # The body only: a request waiting for its headers is bounded by read_timeout.
+            interrupt=socket_interrupt(output.resp.resp.raw),
         )
 
     def close(self) -> None:

@@ -83,6 +83,12 @@ EXIT_CODES: tuple[ExitCode, ...] = (
         "a cluster pull could not finish together (a lost peer with --no-dist-fallback)",
         (errors.ClusterError,),
     ),
+    ExitCode(
+        12,
+        "the --deadline passed before the pull finished: what was written is kept, run "
+        "again to resume",
+        (errors.DeadlineExceededError,),
+    ),
     ExitCode(1, "other modelpull error", (errors.ModelPullError,)),
 )
 SUCCESS = ExitCode(0, "success")

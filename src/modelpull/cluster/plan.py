@@ -199,6 +199,10 @@ def assign_missing(parts: Sequence[PartRef], view: View) -> dict[int, list[PartR
 
     Members whose last fetch failed are passed over while another member can fetch;
     contiguity keeps each member's share in few files.
+
+    Not for a store that ignores ``Range``: there a file can only be fetched whole, by
+    one member (the engine refuses to fall back to whole files for a share, see
+    ``Engine._fall_back``). Such files must not be split between members.
     """
     able = [m for m in view.members if not view.states[m].fetch_failed] or list(view.members)
     shares: dict[int, list[PartRef]] = {m: [] for m in view.members}
