@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any, ClassVar, NoReturn
 
 from modelpull import errors
+from modelpull.text import escape_controls
 
 __all__ = [
     "EXIT_CODES",
@@ -168,7 +169,8 @@ def run_command(tool: str, body: Callable[[], int], *, json_errors: bool = False
         message = str(exc) or type(exc).__name__
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, errors.ModelPullError):
             message = "interrupted; run the same command again to resume"
-        print(f"{tool}: error: {message}", file=sys.stderr)
+        # One line, whatever the message holds (an object key may hold \r or escapes).
+        print(f"{tool}: error: {escape_controls(message)}", file=sys.stderr)
         if json_errors:
             print(json.dumps(_error_json(exc), sort_keys=True))
         log.debug("details", exc_info=exc)
