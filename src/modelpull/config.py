@@ -394,6 +394,7 @@ OTHER_ENV = (
     "MODELPULL_DIST_NODE_PER_RANK",
     "MODELPULL_DIST_TIMEOUT",
 )
+_PREFIX = "MODELPULL_"
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
 
@@ -412,14 +413,18 @@ def warn_unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
     """
     env = os.environ if environ is None else environ
     known = known_env()
-    unknown = sorted(name for name in env if name.startswith("MODELPULL_") and name not in known)
+    unknown = sorted(name for name in env if name.startswith(_PREFIX) and name not in known)
     for name in unknown:
         with _warned_lock:
             if name in _warned:
                 continue
             _warned.add(name)
-        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md"
+        # Compared without the prefix every name shares, which would make all look close.
+        suffixes = {known_name.removeprefix(_PREFIX): known_name for known_name in known}
+        close = difflib.get_close_matches(
+            name.removeprefix(_PREFIX), sorted(suffixes), n=1, cutoff=0.6
+        )
+        hint = f"did you mean {suffixes[close[0]]}?" if close else "see docs/configuration.md"
         log.warning("%s is not a modelpull setting and is ignored; %s", name, hint)
     return unknown
 
