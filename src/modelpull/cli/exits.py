@@ -50,7 +50,11 @@ class ExitCode:
 # Most specific first: the first entry with a matching class decides.
 EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(2, "usage: bad flag, value, environment variable or URI", (errors.UsageError,)),
-    ExitCode(3, "not found: bucket, key, or nothing under the prefix", (errors.NotFoundError,)),
+    ExitCode(
+        3,
+        "not found: bucket, key, nothing under the prefix, or nothing the filters select",
+        (errors.NotFoundError,),
+    ),
     ExitCode(4, "access denied, bad or missing credentials", (errors.AccessDeniedError,)),
     ExitCode(
         5,
