@@ -184,16 +184,16 @@ def pull(
 
         def listing(policy: RetryPolicy, on_retry: OnRetry) -> tuple[Path, list[RemoteFile]]:
             listed = policy.call(lambda: list_remote(target.backend, target.uri), on_retry=on_retry)
-            folder, files = placement(target.uri, dest, listed)
             chosen = choose(
-                files,
+                listed,
                 target.uri,
                 include,
                 exclude,
                 preset=preset,
                 allow_empty=target.config.allow_empty,
             )
-            return folder, chosen
+            # Filters match the store's paths; a file DEST renames what they kept.
+            return placement(target.uri, dest, chosen)
 
         return _run(
             target,

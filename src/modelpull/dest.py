@@ -16,6 +16,7 @@ from pathlib import Path
 from modelpull.errors import DestinationError
 from modelpull.objects import RemoteFile
 from modelpull.plan import is_exact, safe_relpath
+from modelpull.text import shown
 from modelpull.uri import ObjectURI
 
 __all__ = ["check_dest", "names_file", "placement"]
@@ -64,6 +65,7 @@ def placement(
         return folder.parent, [RemoteFile(obj=files[0].obj, path=name)]
     if folder.exists() and not folder.is_dir():
         raise DestinationError(
-            f"DEST is not a folder: {dest} ({uri} names more than one object, or a folder)"
+            f"DEST is not a folder: {dest} ({shown(str(uri))} names more than one object, "
+            "or a folder)"
         )
     return folder, list(files)

@@ -133,17 +133,17 @@ def preview(
         check_dest(Path(dest), file_ok=not target.uri.is_folder)
         policy = RetryPolicy.from_config(target.config)
         listed = policy.call(lambda: list_remote(target.backend, target.uri))
-        folder, files = placement(target.uri, dest, listed)
         chosen = choose(
-            files,
+            listed,
             target.uri,
             include,
             exclude,
             preset=preset,
             allow_empty=target.config.allow_empty,
         )
+        folder, files = placement(target.uri, dest, chosen)
         state = StateDir(folder)
-        planned = tuple(_classify(state, f, target.config) for f in chosen)
+        planned = tuple(_classify(state, f, target.config) for f in files)
         return PullPreview(
             uri=str(target.uri), dest=str(Path(dest)), folder=str(folder), files=planned
         )

@@ -122,6 +122,11 @@ def test_one_object_to_a_file_path(
     assert result.dest == str(tmp_path / "tok.model")
     again = modelpull.pull(f"s3://{bucket}/m/tokenizer.model", tmp_path / "tok.model")
     assert (again.files_fetched, again.files_skipped) == (0, 1)
+    # Filters match the store's name, not the name DEST gives the file.
+    kept = modelpull.pull(
+        f"s3://{bucket}/m/tokenizer.model", tmp_path / "other", include=["tokenizer.*"]
+    )
+    assert (tmp_path / "other").is_file() and kept.files_fetched == 1
 
 
 def test_nothing_selected_is_an_object_not_found_error(
