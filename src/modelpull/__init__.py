@@ -2,6 +2,7 @@
 
 >>> import modelpull
 >>> result = modelpull.pull("s3://bucket/models/llama/", "/models/llama")  # doctest: +SKIP
+>>> folder = modelpull.snapshot("s3://bucket/models/llama/")  # doctest: +SKIP
 """
 
 from modelpull._version import __version__
@@ -22,6 +23,7 @@ from modelpull.errors import (
     InvalidURIError,
     ModelPullError,
     NotFoundError,
+    NothingSelectedError,
     ObjectChangedError,
     ObjectNotFoundError,
     RetriesExhaustedError,
@@ -31,8 +33,10 @@ from modelpull.errors import (
     UsageError,
 )
 from modelpull.objects import ObjectInfo, RemoteFile
+from modelpull.preview import PullPreview, preview
 from modelpull.resolve import Target, resolve
 from modelpull.results import FileOutcome, PullResult
+from modelpull.snapshot import snapshot
 
 __all__ = [
     "AccessDeniedError",
@@ -50,10 +54,12 @@ __all__ = [
     "InvalidURIError",
     "ModelPullError",
     "NotFoundError",
+    "NothingSelectedError",
     "ObjectChangedError",
     "ObjectInfo",
     "ObjectNotFoundError",
     "PullConfig",
+    "PullPreview",
     "PullResult",
     "RemoteFile",
     "RetriesExhaustedError",
@@ -64,7 +70,9 @@ __all__ = [
     "UsageError",
     "__version__",
     "list_objects",
+    "preview",
     "pull",
     "pull_files",
     "resolve",
+    "snapshot",
 ]

@@ -12,19 +12,28 @@ What differs from AIBrix, on purpose: files are written to a temp file and renam
 once verified; every part of every file shares one pool of ``DOWNLOADER_NUM_THREADS``
 requests (AIBrix fetches one file at a time); an interrupted pull resumes; errors end
 the process with modelpull's exit codes instead of a traceback.
+
+In-process, :func:`download_model` is AIBrix's ``aibrix.downloader.download_model``
+(same arguments, returns the model's folder as a :class:`~pathlib.Path`);
+:func:`download_with_report` returns what the pull did as well. As a program
+(``python -m modelpull.aibrix`` or the ``modelpull_aibrix_download`` script, AIBrix's
+``aibrix_download``), its only stdout line is the model's folder, as AIBrix's is; the
+summary goes to stderr. AIBrix's ``.metadata`` file of each file is written as that file
+completes and its lock released, so a pull that is interrupted leaves AIBrix-readable
+state for every file it finished.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,15 +52,17 @@ from modelpull.compat.aibrix import (
     suffix_globs,
     to_pull,
 )
-from modelpull.events import Observer
+from modelpull.events import Event, FileDone, FileSkipped, Observer
 from modelpull.files import dest_error
+from modelpull.observe.logs import TextFormatter
 from modelpull.observe.progress import ProgressDisplay
 from modelpull.plan import select
 from modelpull.results import PullResult
+from modelpull.state import StateDir
 from modelpull.units import format_size
 from modelpull.uri import parse_uri
 
-__all__ = ["DownloadReport", "build_parser", "download_model", "main"]
+__all__ = ["DownloadReport", "build_parser", "download_model", "download_with_report", "main"]
 
 log = logging.getLogger("modelpull")
 
@@ -111,25 +122,92 @@ class DownloadReport:
     already_present: int
 
 
-@contextlib.contextmanager
-def _aibrix_locks(cache: AibrixCache, paths: Sequence[str]) -> Iterator[None]:
-    """AIBrix's per-file locks, held while the files are pulled, as AIBrix holds them.
+class _AibrixState:
+    """AIBrix's per-file locks and ``.metadata`` files, kept as the pull goes.
 
-    AIBrix reports a model as "downloading" while one of these is held by someone.
+    Every file to fetch is locked before the pull starts (AIBrix reports a model as
+    "downloading" while one of its locks is held); as each file completes, an observer
+    writes its metadata (the ETag modelpull recorded for the bytes it placed) and
+    releases its lock, so an interrupted pull leaves AIBrix-readable state for every file
+    it finished.
     """
-    with contextlib.ExitStack() as stack:
+
+    def __init__(self, cache: AibrixCache, dest: Path, *, quoted: bool) -> None:
+        self._cache = cache
+        self._state = StateDir(dest)
+        self._quoted = quoted
+        self._locks: dict[str, FileLock] = {}
+        self._marked: set[str] = set()
+        self._mutex = threading.Lock()
+
+    def lock(self, paths: Sequence[str]) -> None:
         for path in paths:
-            lock = FileLock(cache.checked_lock_path(path))
+            # Not thread-local: a worker thread releases the lock the main thread took.
+            lock = FileLock(self._cache.checked_lock_path(path), thread_local=False)
             try:
-                stack.enter_context(lock)
+                lock.acquire()
             except OSError as exc:  # ELOOP: a link planted after the check
-                raise dest_error(exc, cache.lock_path(path), key=path) from exc
-        yield
+                raise dest_error(exc, self._cache.lock_path(path), key=path) from exc
+            self._locks[path] = lock
+
+    def release_all(self) -> None:
+        with self._mutex:
+            locks, self._locks = list(self._locks.values()), {}
+        for lock in locks:
+            lock.release()
+
+    def mark(self, path: str, etag: str | None = None) -> None:
+        """Write ``path``'s metadata (``etag``, else the one modelpull recorded), once."""
+        with self._mutex:
+            if path in self._marked:
+                return
+            lock = self._locks.pop(path, None)
+        if etag is None:
+            record = self._state.read_record(path)
+            etag = record.etag if record is not None else None
+        if etag:
+            self._cache.mark_complete(path, etag, quoted=self._quoted)
+            with self._mutex:
+                self._marked.add(path)
+        if lock is not None:
+            lock.release()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, FileDone | FileSkipped):
+            self.mark(event.path)
 
 
 def download_model(
     model_uri: str,
-    local_dir: str | os.PathLike[str] | None = None,
+    local_path: str | os.PathLike[str] | None = None,
+    model_name: str | None = None,
+    download_extra_config: Mapping[str, Any] | None = None,
+    enable_progress_bar: bool = False,
+    *,
+    environ: Mapping[str, str] | None = None,
+    observers: Sequence[Observer] = (),
+) -> Path:
+    """AIBrix's ``aibrix.downloader.download_model``, on modelpull's engine.
+
+    Same arguments, same result: the model's folder, ``<local_path>/<model_name>``.
+    :func:`download_with_report` returns what the pull did as well. ``environ`` defaults
+    to :data:`os.environ`, read now. Raises :class:`~modelpull.errors.ModelPullError`
+    subclasses only.
+    """
+    return download_with_report(
+        model_uri,
+        local_path,
+        model_name,
+        download_extra_config,
+        enable_progress_bar,
+        environ=environ,
+        observers=observers,
+    ).path
+
+
+def download_with_report(
+    model_uri: str,
+    local_path: str | os.PathLike[str] | None = None,
     model_name: str | None = None,
     download_extra_config: Mapping[str, Any] | None = None,
     enable_progress_bar: bool = False,
@@ -137,11 +215,7 @@ def download_model(
     environ: Mapping[str, str] | None = None,
     observers: Sequence[Observer] = (),
 ) -> DownloadReport:
-    """AIBrix's ``download_model``, on modelpull's engine; returns the model's folder and result.
-
-    ``environ`` defaults to :data:`os.environ`, read now. Raises
-    :class:`~modelpull.errors.ModelPullError` subclasses only.
-    """
+    """:func:`download_model`, returning the model's folder with the pull's result."""
     env = os.environ if environ is None else environ
     settings = settings_from_env(env, download_extra_config)
     try:
@@ -151,7 +225,7 @@ def download_model(
             f"{exc}; modelpull.aibrix handles s3:// and tos:// URIs - keep aibrix.downloader "
             "for Hugging Face models"
         ) from None
-    dest = model_dir(local_dir or settings.local_dir, model_name or infer_model_name(model_uri))
+    dest = model_dir(local_path or settings.local_dir, model_name or infer_model_name(model_uri))
     plan = to_pull(settings, uri, env)
     with plan.target as target:
         files = list_objects(target)
@@ -170,17 +244,18 @@ def download_model(
             else {f.path for f in selected if cache.is_complete(f.path, f.obj.size, f.obj.etag)}
         )
         todo = [f for f in selected if f.path not in done]
-        with (
-            _aibrix_locks(cache, [f.path for f in todo]),
-            ProgressDisplay(enabled=enable_progress_bar) as progress,
-        ):
-            result = pull_files(target, todo, dest, observers=[*observers, progress])
-            # Written while the locks are held, as AIBrix does: "downloaded" is then final.
-            quoted = cache.etag_quoted(settings.tos_version)
+        aibrix = _AibrixState(cache, dest, quoted=cache.etag_quoted(settings.tos_version))
+        try:
+            aibrix.lock([f.path for f in todo])
+            with ProgressDisplay(enabled=enable_progress_bar) as progress:
+                result = pull_files(target, todo, dest, observers=[*observers, progress, aibrix])
+            # Each file was marked as it completed; this catches any an observer missed.
             etags = {f.path: f.obj.etag for f in todo}
             for outcome in result.files:
                 if outcome.status in ("fetched", "skipped") and outcome.path in etags:
-                    cache.mark_complete(outcome.path, etags[outcome.path], quoted=quoted)
+                    aibrix.mark(outcome.path)
+        finally:
+            aibrix.release_all()
     return DownloadReport(path=dest, result=result, already_present=len(done))
 
 
@@ -197,7 +272,7 @@ def _show_warning(
 
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("modelpull.aibrix: %(levelname)s: %(message)s"))
+    handler.setFormatter(TextFormatter("modelpull.aibrix: %(levelname)s: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING)
     log.propagate = False
@@ -209,7 +284,7 @@ def _download(args: argparse.Namespace) -> int:
         # Each setting modelpull cannot honour is said once, as a log line.
         warnings.simplefilter("default", CompatWarning)
         warnings.showwarning = _show_warning
-        report = download_model(
+        report = download_with_report(
             args.model_uri,
             args.local_dir,
             args.model_name,
@@ -218,16 +293,20 @@ def _download(args: argparse.Namespace) -> int:
         )
     result = report.result
     print(
-        f"downloaded {result.uri} to {report.path}: {result.files_fetched} files fetched "
-        f"({format_size(result.bytes_downloaded)}), "
+        f"modelpull.aibrix: downloaded {result.uri} to {report.path}: "
+        f"{result.files_fetched} files fetched ({format_size(result.bytes_downloaded)}), "
         f"{result.files_skipped + report.already_present} already present, "
-        f"in {time.monotonic() - started:.1f}s"
+        f"in {time.monotonic() - started:.1f}s",
+        file=sys.stderr,
     )
+    # The only stdout line, as AIBrix prints it: scripts read the model's folder here.
+    print(report.path)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m modelpull.aibrix``; returns the exit status."""
+    """Entry point of ``python -m modelpull.aibrix`` and ``modelpull_aibrix_download``;
+    returns the exit status."""
     args = build_parser().parse_args(argv)
     _setup_logging()
     return run_command(_Parser.tool, lambda: _download(args))

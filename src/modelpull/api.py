@@ -2,7 +2,8 @@
 
 Each takes a URI (resolved here, see :mod:`modelpull.resolve`) or a
 :class:`~modelpull.resolve.Target` resolved by the caller, and a ready backend when the
-caller has one (``backend=``: used as it is, never closed here).
+caller has one (``backend=``: used as it is, never closed here). ``progress=True`` draws
+the CLI's progress display on stderr.
 
 A pull runs under one :class:`~modelpull.watch.Watchdog` from its first request: the
 listing's requests too are abandoned when they stall and bounded by the deadline, and
@@ -11,6 +12,7 @@ the listing runs beside the calling thread, which a signal can always reach.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -20,10 +22,12 @@ from typing import TYPE_CHECKING
 from modelpull.backends.base import Backend
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
-from modelpull.errors import DestinationError
+from modelpull.dest import check_dest, placement
+from modelpull.errors import UsageError
 from modelpull.events import Observer, PullFinished, PullStarted
 from modelpull.objects import RemoteFile
-from modelpull.plan import check_files, list_remote, select
+from modelpull.observe.progress import ProgressDisplay
+from modelpull.plan import check_files, choose, list_remote
 from modelpull.resolve import Target, resolved
 from modelpull.results import FileOutcome, PullResult
 from modelpull.retry import OnRetry, RetryPolicy, retry_events
@@ -38,25 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = ["list_objects", "pull", "pull_files"]
 
-# What a pull fetches, chosen once its retry policy, watchdog and reporting are in place.
-_Choose = Callable[[RetryPolicy, OnRetry, Watchdog], Sequence[RemoteFile]]
-
-
-def _check_dest(dest: Path) -> None:
-    """Fail before any network traffic when DEST cannot be a writable folder."""
-    probe = dest
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        what = "DEST" if probe == dest else f"{probe} (in DEST's path)"
-        raise DestinationError(f"{what} is not a folder: {dest}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise DestinationError(
-            f"cannot write to {probe}: not writable (permission denied or read-only file "
-            "system) - choose another DEST"
-        )
+# What a pull fetches and the folder it runs in, chosen once its retry policy, watchdog
+# and reporting are in place.
+_Choose = Callable[[RetryPolicy, OnRetry, Watchdog], tuple[Path, Sequence[RemoteFile]]]
 
 
 def _with_metrics(
@@ -75,12 +63,28 @@ def _run(
     dest: str | os.PathLike[str],
     observers: Sequence[Observer],
     registry: CollectorRegistry | None,
-    choose: _Choose,
+    plan: _Choose,
+    *,
+    progress: bool = False,
+    file_ok: bool = False,
 ) -> PullResult:
     """One pull: choose the files, fetch them, report; ``PullFinished`` whatever happens."""
-    folder = Path(dest)
-    _check_dest(folder)
+    check_dest(Path(dest), file_ok=file_ok)
+    with contextlib.ExitStack() as stack:
+        if progress:
+            observers = [stack.enter_context(ProgressDisplay()), *observers]
+        return _pull(target, Path(dest), observers, registry, plan)
+
+
+def _pull(
+    target: Target,
+    dest: Path,
+    observers: Sequence[Observer],
+    registry: CollectorRegistry | None,
+    plan: _Choose,
+) -> PullResult:
     started = time.monotonic()
+    folder = dest
     tally = Tally()
     emit = dispatcher([tally, *_with_metrics(observers, registry, target)])
     policy = RetryPolicy.from_config(target.config)
@@ -88,7 +92,9 @@ def _run(
     outcomes: list[FileOutcome] = []
     ok = False
     try:
-        files = watch.wait_for(lambda: choose(policy, retry_events(emit), watch), "modelpull-list")
+        folder, files = watch.wait_for(
+            lambda: plan(policy, retry_events(emit), watch), "modelpull-list"
+        )
         make_dest(folder)
         emit(
             PullStarted(
@@ -107,7 +113,7 @@ def _run(
         emit(PullFinished(files=fetched, bytes=tally.bytes, seconds=seconds, ok=ok))
     return PullResult(
         uri=str(target.uri),
-        dest=str(folder),
+        dest=str(dest),
         backend=target.backend_name,
         config=target.config.describe(),
         **report(tally, outcomes, seconds),
@@ -120,21 +126,32 @@ def pull(
     *,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    preset: str | None = None,
     config: PullConfig | None = None,
     credentials: Credentials | None = None,
     backend: Backend | None = None,
     observers: Sequence[Observer] = (),
     registry: CollectorRegistry | None = None,
     distributed: bool | ClusterOptions = False,
+    progress: bool = False,
 ) -> PullResult:
     """Pull the object or folder at ``uri`` into the folder ``dest``.
 
     ``uri`` is a URI or a :class:`~modelpull.resolve.Target` (then leave ``config``,
-    ``credentials`` and ``backend`` out: the target holds them). ``include``/``exclude``
-    are globs on the path relative to the URI's folder. ``config`` defaults to
-    :meth:`PullConfig.from_env` (read now). ``backend`` (default: one made from the
-    config, closed at the end) is used as it is and left open. Files already complete in
-    ``dest`` (same ETag and size as recorded) are skipped unless ``config.force``.
+    ``credentials`` and ``backend`` out: the target holds them); a glob in its last
+    segment (``s3://b/m/*.json``) selects files as ``include`` does. ``include``/
+    ``exclude`` are globs on the path relative to the URI's folder (``include`` is an
+    allow-list; ``exclude`` wins); ``preset`` (``"vllm"``, see :mod:`modelpull.presets`)
+    keeps what a serving engine reads. Filters that keep none of the listed files raise
+    :class:`~modelpull.errors.NothingSelectedError` unless ``config.allow_empty``. A URI
+    naming exactly one object and a ``dest`` naming a file (no trailing slash, not an
+    existing folder) write that file, as ``aws s3 cp`` does; otherwise ``dest`` is a
+    folder. ``config`` defaults to :meth:`PullConfig.from_env` (read now); the fields a
+    given config leaves out take the environment too. ``backend`` (default: one made from
+    the config, closed at the end) is used as it is and left open. Files already
+    complete in ``dest`` (same ETag and size as recorded) are skipped unless
+    ``config.force``. ``progress=True`` draws the CLI's progress display on stderr (bars
+    on a terminal, a status line every 10 s elsewhere); default off.
     ``observers`` receive :mod:`modelpull.events` from worker threads. ``registry``
     (default: none) records the pull's Prometheus metrics there, adding to those of
     earlier pulls on it (needs the ``[metrics]`` extra; see ``docs/metrics.md``).
@@ -146,10 +163,16 @@ def pull(
     timeout and fallback (default: read from the environment).
     Raises :class:`~modelpull.errors.ModelPullError` subclasses only.
     """
-    with resolved(uri, config, credentials, backend) as target:
+    with resolved(uri, config, credentials, backend) as target, contextlib.ExitStack() as stack:
         if distributed is not False:
             from modelpull.cluster import pull_distributed
 
+            if preset is not None:
+                raise UsageError(
+                    "--preset is not supported with --distributed yet: use --include/--exclude"
+                )
+            if progress:
+                observers = [stack.enter_context(ProgressDisplay()), *observers]
             # DEST is checked there, once expanded ({rank}) and after joining, so that the
             # other ranks hear of a bad one at once instead of timing out.
             return pull_distributed(
@@ -161,11 +184,30 @@ def pull(
                 options=None if distributed is True else distributed,
             )
 
-        def listing(policy: RetryPolicy, on_retry: OnRetry, watch: Watchdog) -> list[RemoteFile]:
+        def listing(
+            policy: RetryPolicy, on_retry: OnRetry, watch: Watchdog
+        ) -> tuple[Path, list[RemoteFile]]:
             listed = _list(target, policy, watch, on_retry)
-            return select(listed, include, exclude)
+            chosen = choose(
+                listed,
+                target.uri,
+                include,
+                exclude,
+                preset=preset,
+                allow_empty=target.config.allow_empty,
+            )
+            # Filters match the store's paths; a file DEST renames what they kept.
+            return placement(target.uri, dest, chosen)
 
-        return _run(target, dest, observers, registry, listing)
+        return _run(
+            target,
+            dest,
+            observers,
+            registry,
+            listing,
+            progress=progress,
+            file_ok=not target.uri.is_folder,
+        )
 
 
 def pull_files(
@@ -178,9 +220,10 @@ def pull_files(
     backend: Backend | None = None,
     observers: Sequence[Observer] = (),
     registry: CollectorRegistry | None = None,
+    progress: bool = False,
 ) -> PullResult:
-    """Pull ``files``, already listed under ``uri``, into ``dest``: :func:`pull` without
-    its listing.
+    """Pull ``files``, already listed under ``uri``, into the folder ``dest``: :func:`pull`
+    without its listing.
 
     ``files`` come from :func:`list_objects` (the same URI), kept or dropped as the
     caller likes; each lands at its ``path`` under ``dest``. Their paths are checked
@@ -190,7 +233,15 @@ def pull_files(
     """
     chosen = check_files(files)
     with resolved(uri, config, credentials, backend) as target:
-        return _run(target, dest, observers, registry, lambda policy, on_retry, watch: chosen)
+        folder = Path(dest)
+        return _run(
+            target,
+            dest,
+            observers,
+            registry,
+            lambda policy, on_retry, watch: (folder, chosen),
+            progress=progress,
+        )
 
 
 def list_objects(
@@ -200,7 +251,8 @@ def list_objects(
     credentials: Credentials | None = None,
     backend: Backend | None = None,
 ) -> list[RemoteFile]:
-    """The files :func:`pull` would consider for ``uri``, sorted by relative path.
+    """The files :func:`pull` would consider for ``uri``, sorted by relative path; for a
+    wildcard URI, those its glob matches.
 
     Transient failures are retried, stalls abandoned and the deadline kept as a pull's
     listing's are. Arguments are :func:`pull`'s.
@@ -208,7 +260,8 @@ def list_objects(
     with resolved(uri, config, credentials, backend) as target:
         policy = RetryPolicy.from_config(target.config)
         with Watchdog.for_config(target.config, started=policy.started) as watch:
-            return watch.wait_for(lambda: _list(target, policy, watch), "modelpull-list")
+            listed = watch.wait_for(lambda: _list(target, policy, watch), "modelpull-list")
+        return choose(listed, target.uri, allow_empty=target.config.allow_empty)
 
 
 def _list(

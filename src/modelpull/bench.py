@@ -32,15 +32,24 @@ from typing import Any, TextIO
 
 from modelpull.backends import BACKENDS
 from modelpull.config import PullConfig
-from modelpull.errors import BackendUnavailableError, ModelPullError, UsageError
+from modelpull.errors import (
+    BackendUnavailableError,
+    DestinationError,
+    ModelPullError,
+    UsageError,
+)
 from modelpull.resolve import Target
+from modelpull.text import escape_controls
 from modelpull.units import format_size, parse_size
 
 __all__ = [
     "ARMS",
+    "DEFAULT_ARMS",
     "SDK_DOWNLOAD_FILE",
     "Setting",
     "Trial",
+    "available_arms",
+    "check_dirs",
     "config_env",
     "main_trial",
     "parse_list",
@@ -52,9 +61,21 @@ STATE_DIR = ".modelpull"
 SDK_DOWNLOAD_FILE = "tos-sdk-download-file"
 # What --backends may name: the backends, and the TOS SDK's own download_file.
 ARMS = (*BACKENDS, SDK_DOWNLOAD_FILE)
+# Without --backends; an arm that cannot reach the store is then left out with a note
+# (the TOS SDK on a plain S3 store), where a named one fails the bench.
+DEFAULT_ARMS = ("boto3", "tos-sdk")
 # Passed on to each trial; the settings under test are set per trial.
 _CONNECTION_FIELDS = frozenset(
-    {"endpoint_url", "region", "profile", "addressing_style", "ca_bundle", "verify_ssl", "verify"}
+    {
+        "endpoint_url",
+        "region",
+        "profile",
+        "addressing_style",
+        "no_sign_request",
+        "ca_bundle",
+        "verify_ssl",
+        "verify",
+    }
 )
 
 
@@ -127,7 +148,11 @@ def _run_trial(
         out.seek(0)
         report = out.read()
     if proc.returncode != 0:
-        raise ModelPullError(f"bench trial {setting.label} failed: {stderr.strip()}")
+        # The trial's own one-line error (main_trial prints no traceback for modelpull's).
+        lines = [line for line in stderr.splitlines() if line.strip()] or ["no output"]
+        raise ModelPullError(
+            f"bench trial {setting.label} failed (exit {proc.returncode}): {lines[-1].strip()}"
+        )
     data = json.loads(report)
     return Trial(
         setting=setting,
@@ -237,7 +262,7 @@ def run_bench(
     if not settings:
         raise UsageError("nothing to compare: give at least one backend, concurrency and size")
     log = stream if stream is not None else sys.stderr
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_dirs(out_dir, work_dir)
     trials: list[Trial] = []
     reference: dict[str, str] | None = None
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="modelpull-bench-") as scratch:
@@ -273,6 +298,57 @@ def run_bench(
     except BackendUnavailableError as exc:
         print(f"modelpull bench: {exc}", file=log)
     return rows
+
+
+def check_dirs(out_dir: Path, work_dir: Path | None) -> None:
+    """Create ``out_dir``; check ``work_dir`` is a writable folder. One-line errors."""
+    if work_dir is not None and not (work_dir.is_dir() and os.access(work_dir, os.W_OK | os.X_OK)):
+        raise UsageError(f"--work-dir {work_dir}: not an existing, writable folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DestinationError(
+            f"--output {out_dir}: cannot create it: {exc.strerror or exc}", errno=exc.errno
+        ) from None
+
+
+def available_arms(
+    uri: str,
+    arms: Sequence[str],
+    overrides: dict[str, Any],
+    *,
+    optional: Sequence[str] = (),
+    stream: TextIO | None = None,
+) -> list[str]:
+    """The arms whose backend can list ``uri`` with these settings, tried once each.
+
+    An arm in ``optional`` that cannot (the TOS SDK without a TOS endpoint or region, or
+    without its package) is left out with a note on ``stream``; any other failure is the
+    bench's.
+    """
+    from modelpull.plan import list_remote
+    from modelpull.resolve import resolve
+
+    unknown = [name for name in arms if name not in ARMS]
+    if unknown:
+        raise UsageError(f"unknown backend {unknown[0]!r}: choose from {', '.join(ARMS)}")
+    log = stream if stream is not None else sys.stderr
+    kept = []
+    for arm in arms:
+        backend = "tos-sdk" if arm == SDK_DOWNLOAD_FILE else arm
+        try:
+            with resolve(uri, overrides={**overrides, "backend": backend}) as target:
+                list_remote(target.backend, target.uri)
+        except ModelPullError as exc:
+            if arm not in optional:
+                raise
+            note = escape_controls(str(exc))
+            print(f"modelpull bench: leaving out {arm}: it cannot run here ({note})", file=log)
+            continue
+        kept.append(arm)
+    if not kept:
+        raise UsageError("no backend can reach the store: see the notes above")
+    return kept
 
 
 def parse_list(text: str, what: str, convert: Any) -> list[Any]:
@@ -345,5 +421,12 @@ def _pull_trial(target: Target, dest: str) -> dict[str, Any]:
     }
 
 
+def _main_trial_cli(spec_text: str) -> int:
+    """:func:`main_trial` as a process: a modelpull error is one line on stderr."""
+    from modelpull.cli.exits import run_command
+
+    return run_command("modelpull bench trial", lambda: main_trial(spec_text))
+
+
 if __name__ == "__main__":
-    sys.exit(main_trial(sys.argv[1]))
+    sys.exit(_main_trial_cli(sys.argv[1]))

@@ -19,7 +19,7 @@ from modelpull.backends.errors import ErrorMap
 from modelpull.backends.tos_sdk import TosSdkBackend, translate
 from modelpull.errors import UsageError
 from modelpull.objects import ObjectInfo
-from modelpull.plan import list_remote
+from modelpull.plan import choose, list_remote
 from modelpull.resolve import Target
 
 __all__ = ["ProgressSink", "download_file", "run_trial"]
@@ -98,7 +98,7 @@ def run_trial(target: Target, dest: Path) -> dict[str, Any]:
 
     started = time.monotonic()  # the listing counts, as it does in a pull's time
     try:
-        files = list_remote(backend, parsed)
+        files = choose(list_remote(backend, parsed), parsed)  # a wildcard URI's glob too
         for remote in files:
             local = dest / remote.path
             local.parent.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,14 @@
 Every knob is a field documented here once: its default, unit, environment variables
 and CLI flag (:class:`Flag`; the ``modelpull`` command builds its options from these
 fields). CLI flags, ``MODELPULL_*`` variables and the Python API all fill this same object;
-environment variables are read when :meth:`PullConfig.from_env` is called, never at
-import. ``docs/configuration.md`` is generated from these fields
-(``python -m modelpull.config``) and a test keeps the two in agreement.
+environment variables are read when :meth:`PullConfig.from_env` is called (or when a pull
+resolves a config: :func:`modelpull.resolve.resolve_config`), never at import.
+``docs/configuration.md`` is generated from these fields (``python -m modelpull.config``)
+and a test keeps the two in agreement.
+
+A config remembers which fields its caller set (:attr:`PullConfig.given`): the others
+are filled from the environment when a pull resolves it, exactly as the CLI fills the
+fields no flag set, so ``PullConfig(concurrency=8)`` keeps ``MODELPULL_ENDPOINT_URL``.
 
 Credentials are deliberately not fields: they come from boto3's chain (or ``TOS_*``)
 when a client is built, so a config can be printed or reported without leaking one.
@@ -14,18 +19,30 @@ when a client is built, so a config can be printed or reported without leaking o
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from modelpull.errors import UsageError
-from modelpull.units import parse_duration, parse_size
+from modelpull.units import (
+    parse_bool,
+    parse_duration,
+    parse_int,
+    parse_opt_duration,
+    parse_opt_size,
+    parse_opt_str,
+    parse_size,
+)
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_IO_CHUNK_SIZE",
     "DEFAULT_PART_SIZE",
+    "OTHER_ENV",
     "PULL_COMMANDS",
     "STORE_COMMANDS",
     "AddressingStyle",
@@ -33,8 +50,12 @@ __all__ = [
     "PullConfig",
     "VerifyMode",
     "default_text",
+    "known_env",
     "reference_markdown",
+    "warn_unknown_env",
 ]
+
+log = logging.getLogger("modelpull")
 
 AddressingStyle = Literal["auto", "path", "virtual"]
 VerifyMode = Literal["auto", "strict", "off"]
@@ -56,34 +77,6 @@ DEFAULT_SPEED_LIMIT = 1024
 DEFAULT_SPEED_TIME = 20.0
 MIN_PART_SIZE = 1 * MiB
 MAX_CONCURRENCY = 512
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off", ""}:
-        return False
-    raise UsageError(f"invalid boolean {text!r}: use true/false, 1/0, yes/no or on/off")
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"invalid integer {text!r}") from None
-
-
-def _opt_str(text: str) -> str | None:
-    return text or None
-
-
-def _opt_size(text: str) -> int | None:
-    return parse_size(text) if text.strip() else None
-
-
-def _opt_duration(text: str) -> float | None:
-    return parse_duration(text) if text.strip() else None
 
 
 # The subcommands that take a field's flag: every command that talks to the store, or
@@ -121,23 +114,54 @@ def _opt(
 class PullConfig:
     """How to pull: store connection, transfer tuning and safety switches.
 
-    Build one with keywords (unset fields keep their defaults) or with
-    :meth:`from_env`. It is frozen: use :func:`dataclasses.replace` for a variant.
+    Build one with keywords or with :meth:`from_env`. The fields given as keywords are
+    remembered (:attr:`given`): when a pull resolves the config, every other field takes
+    its environment variable if one is set, else its default, exactly as the CLI does
+    for the fields no flag set. It is frozen: :meth:`replace` makes a variant that
+    remembers the fields given to either (:func:`dataclasses.replace` counts every
+    field as given, so the environment no longer applies to its result).
     """
+
+    def __new__(cls, **given: Any) -> PullConfig:
+        config = super().__new__(cls)
+        # Known only here: the generated __init__ sees defaults and given values alike.
+        object.__setattr__(config, "_given", frozenset(given))
+        return config
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The fields set by the caller rather than left to the environment or the default."""
+        found: frozenset[str] = getattr(self, "_given", frozenset())
+        return found
+
+    def given_values(self) -> dict[str, Any]:
+        """The fields in :attr:`given` and their values."""
+        return {name: getattr(self, name) for name in self.given}
+
+    def replace(self, **changes: Any) -> PullConfig:
+        """A copy with ``changes``; the fields given to this config stay given."""
+        return type(self)(**(self.given_values() | changes))
 
     endpoint_url: str | None = _opt(
         None,
-        env=("MODELPULL_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
-        parse=_opt_str,
+        # s5cmd's S3_ENDPOINT_URL last: the AWS SDKs' own variables are the standard.
+        env=(
+            "MODELPULL_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_ENDPOINT_URL",
+            "S3_ENDPOINT_URL",
+        ),
+        parse=parse_opt_str,
         unit="URL",
-        doc="S3 endpoint; `https://` is added when no scheme is given. For `tos://` URIs "
+        doc="S3 endpoint; `https://` is added when no scheme is given. The variables rank "
+        "in the order listed (`S3_ENDPOINT_URL` is s5cmd's). For `tos://` URIs "
         "`TOS_ENDPOINT` comes second. Unset: AWS S3.",
         flag=Flag("--endpoint-url", "URL", STORE_COMMANDS),
     )
     region: str | None = _opt(
         None,
         env=("MODELPULL_REGION",),
-        parse=_opt_str,
+        parse=parse_opt_str,
         unit="name",
         doc="Signing region. For `tos://` URIs `TOS_REGION` comes second. Unset: boto3's "
         "chain (`AWS_REGION`, profile, ...), else us-east-1.",
@@ -146,7 +170,7 @@ class PullConfig:
     profile: str | None = _opt(
         None,
         env=("MODELPULL_PROFILE",),
-        parse=_opt_str,
+        parse=parse_opt_str,
         unit="name",
         doc="Named profile from the AWS config files. Unset: boto3's chain (`AWS_PROFILE`).",
         flag=Flag("--profile", "NAME", STORE_COMMANDS),
@@ -159,10 +183,19 @@ class PullConfig:
         doc="Bucket in the host name (virtual) or in the path (path); auto lets botocore pick.",
         flag=Flag("--addressing-style", "{auto,path,virtual}", STORE_COMMANDS),
     )
+    no_sign_request: bool = _opt(
+        False,
+        env=("MODELPULL_NO_SIGN_REQUEST",),
+        parse=parse_bool,
+        unit="flag",
+        doc="Send every request unsigned, without looking for credentials: for public "
+        "buckets (the AWS CLI's `--no-sign-request`).",
+        flag=Flag("--no-sign-request", None, STORE_COMMANDS),
+    )
     concurrency: int = _opt(
         DEFAULT_CONCURRENCY,
         env=("MODELPULL_CONCURRENCY",),
-        parse=_int,
+        parse=parse_int,
         unit="requests",
         doc="Ranged GETs in flight at once, across all files of the pull.",
         flag=Flag("--concurrency", "N", PULL_COMMANDS),
@@ -217,16 +250,17 @@ class PullConfig:
     )
     max_attempts: int = _opt(
         DEFAULT_MAX_ATTEMPTS,
-        env=("MODELPULL_MAX_ATTEMPTS",),
-        parse=_int,
+        env=("MODELPULL_MAX_ATTEMPTS", "AWS_MAX_ATTEMPTS"),
+        parse=parse_int,
         unit="attempts",
-        doc="Attempts per request (the first included) for transient failures.",
+        doc="Attempts per request (the first included) for transient failures; "
+        "`AWS_MAX_ATTEMPTS` means the same in the AWS CLI and SDKs.",
         flag=Flag("--max-attempts", "N", PULL_COMMANDS),
     )
     deadline: float | None = _opt(
         None,
         env=("MODELPULL_DEADLINE",),
-        parse=_opt_duration,
+        parse=parse_opt_duration,
         unit="seconds",
         doc="Wall-time limit of the whole pull (listing, requests, lock waits): when it "
         "passes, requests in flight are abandoned and the pull stops with exit 12, keeping "
@@ -244,7 +278,7 @@ class PullConfig:
     force: bool = _opt(
         False,
         env=("MODELPULL_FORCE",),
-        parse=_bool,
+        parse=parse_bool,
         unit="flag",
         doc="Fetch every file again, even those recorded as complete and unchanged.",
         flag=Flag("--force", None, PULL_COMMANDS),
@@ -252,16 +286,26 @@ class PullConfig:
     check_existing: bool = _opt(
         False,
         env=("MODELPULL_CHECK_EXISTING",),
-        parse=_bool,
+        parse=parse_bool,
         unit="flag",
         doc="Re-read files recorded as complete and fetch again any whose bytes changed on "
         "disk (after a crash with fsync off, or a moved folder); costs a read of them.",
         flag=Flag("--check-existing", None, PULL_COMMANDS),
     )
+    allow_empty: bool = _opt(
+        False,
+        env=("MODELPULL_ALLOW_EMPTY",),
+        parse=parse_bool,
+        unit="flag",
+        doc="Succeed, pulling nothing, when the filters (`--include`, `--exclude`, "
+        "`--preset`, a wildcard) select none of the listed files; by default that fails "
+        "with exit 3.",
+        flag=Flag("--allow-empty", None, PULL_COMMANDS),
+    )
     verify_ssl: bool = _opt(
         True,
         env=("MODELPULL_VERIFY_SSL",),
-        parse=_bool,
+        parse=parse_bool,
         unit="flag",
         doc="Verify TLS certificates. Turning it off warns on every run.",
         flag=Flag(
@@ -274,7 +318,7 @@ class PullConfig:
     ca_bundle: str | None = _opt(
         None,
         env=("MODELPULL_CA_BUNDLE", "AWS_CA_BUNDLE"),
-        parse=_opt_str,
+        parse=parse_opt_str,
         unit="path",
         doc="PEM file of certificate authorities to trust instead of the default set.",
         flag=Flag("--ca-bundle", "PEM", STORE_COMMANDS),
@@ -282,7 +326,7 @@ class PullConfig:
     max_bandwidth: int | None = _opt(
         None,
         env=("MODELPULL_MAX_BANDWIDTH",),
-        parse=_opt_size,
+        parse=parse_opt_size,
         unit="bytes/s",
         doc="Cap on the pull's total download rate. Unset: no cap.",
         flag=Flag("--max-bandwidth", "SIZE", PULL_COMMANDS),
@@ -298,7 +342,7 @@ class PullConfig:
     fsync: bool = _opt(
         False,
         env=("MODELPULL_FSYNC",),
-        parse=_bool,
+        parse=parse_bool,
         unit="flag",
         doc="fsync each file before it is renamed into place (survives power loss; slower).",
     )
@@ -334,9 +378,11 @@ class PullConfig:
         """A config from ``MODELPULL_*`` (and the listed ``AWS_*``) variables.
 
         ``environ`` defaults to :data:`os.environ`, read now. Keyword ``overrides``
-        (those not ``None``) win over the environment, as CLI flags do.
+        (those not ``None``) win over the environment, as CLI flags do. A ``MODELPULL_*``
+        variable that names no setting is warned about, once (:func:`warn_unknown_env`).
         """
         env = os.environ if environ is None else environ
+        warn_unknown_env(env)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             for name in f.metadata["env"]:
@@ -352,6 +398,53 @@ class PullConfig:
     def describe(self) -> dict[str, Any]:
         """The effective settings as plain data, for reports (holds no secret)."""
         return dataclasses.asdict(self)
+
+
+# MODELPULL_* variables read outside PullConfig: the cluster pull's (cluster/options.py)
+# and snapshot()'s cache root. Listed here so that they are never taken for misspellings;
+# a test checks that every MODELPULL_* name in the sources is known.
+OTHER_ENV = (
+    "MODELPULL_CACHE",
+    "MODELPULL_DIST_BACKEND",
+    "MODELPULL_DIST_CHUNK_SIZE",
+    "MODELPULL_DIST_FALLBACK",
+    "MODELPULL_DIST_NODE",
+    "MODELPULL_DIST_NODE_PER_RANK",
+    "MODELPULL_DIST_TIMEOUT",
+)
+_PREFIX = "MODELPULL_"
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def known_env() -> frozenset[str]:
+    """Every ``MODELPULL_*`` variable modelpull reads."""
+    fields = (name for f in dataclasses.fields(PullConfig) for name in f.metadata["env"])
+    return frozenset(name for name in (*fields, *OTHER_ENV) if name.startswith("MODELPULL_"))
+
+
+def warn_unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warn once per process about each ``MODELPULL_*`` variable that names no setting.
+
+    A misspelt variable (``MODELPULL_CONCURENCY``) would otherwise be ignored in silence;
+    the warning names the closest known one. Returns the unknown names found now.
+    """
+    env = os.environ if environ is None else environ
+    known = known_env()
+    unknown = sorted(name for name in env if name.startswith(_PREFIX) and name not in known)
+    for name in unknown:
+        with _warned_lock:
+            if name in _warned:
+                continue
+            _warned.add(name)
+        # Compared without the prefix every name shares, which would make all look close.
+        suffixes = {known_name.removeprefix(_PREFIX): known_name for known_name in known}
+        close = difflib.get_close_matches(
+            name.removeprefix(_PREFIX), sorted(suffixes), n=1, cutoff=0.6
+        )
+        hint = f"did you mean {suffixes[close[0]]}?" if close else "see docs/configuration.md"
+        log.warning("%s is not a modelpull setting and is ignored; %s", name, hint)
+    return unknown
 
 
 def default_text(f: dataclasses.Field[Any]) -> str:
@@ -371,7 +464,10 @@ def reference_markdown() -> str:
         "a test fails when this page and the code disagree.",
         "",
         "Precedence: CLI flag, then Python keyword, then the first environment variable set,",
-        "then the default. Sizes take `64MiB`, `8MB` or bytes; durations `30`, `30s`, `2m`.",
+        "then the default. The CLI and the Python API apply it alike: a field left out of",
+        "`PullConfig(...)` takes the environment when the pull starts, as a flag left out does.",
+        "Sizes take `64MiB`, `8MB` or bytes; durations `30`, `30s`, `2m`. A `MODELPULL_*`",
+        "variable that names no setting is warned about, naming the closest one.",
         "",
         "| field | flag | default | unit | environment | meaning |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -18,6 +18,7 @@ a stable exit code in :mod:`modelpull.cli`'s table.
     │   ├── NotFoundError (FileNotFoundError)
     │   │   ├── BucketNotFoundError
     │   │   └── ObjectNotFoundError           no such key, or nothing under a prefix
+    │   │       └── NothingSelectedError      files listed, but the filters kept none
     │   ├── AccessDeniedError (PermissionError)   403, bad or missing credentials
     │   ├── EndpointError (ConnectionError)   endpoint unreachable, DNS, TLS, timeouts
     │   ├── ObjectChangedError                the object was replaced during the pull (412)
@@ -47,6 +48,7 @@ __all__ = [
     "InvalidURIError",
     "ModelPullError",
     "NotFoundError",
+    "NothingSelectedError",
     "ObjectChangedError",
     "ObjectNotFoundError",
     "RangeIgnoredError",
@@ -145,6 +147,11 @@ class BucketNotFoundError(NotFoundError):
 
 class ObjectNotFoundError(NotFoundError):
     """No object at the key, or no object under the prefix."""
+
+
+class NothingSelectedError(ObjectNotFoundError):
+    """The URI lists files, but ``--include``/``--exclude``/``--preset`` or a wildcard kept
+    none of them (``allow_empty`` turns this into an empty, successful pull)."""
 
 
 class AccessDeniedError(StoreError, PermissionError):

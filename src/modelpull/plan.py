@@ -5,11 +5,17 @@ segments, a backslash or a NUL, or that would write into modelpull's own state f
 refused before anything is written; so is one whose name DEST's file system cannot hold,
 or whose way under DEST passes a symlink (:func:`check_dest_paths`), before any byte of
 the pull moves.
+
+Filters (:func:`choose`): a wildcard URI's glob, a serving preset
+(:mod:`modelpull.presets`), then ``include`` (an allow-list, as huggingface_hub's
+``allow_patterns``: with none, every file) and ``exclude`` (always wins). They are not
+the AWS CLI's ordered ``--exclude``/``--include`` pairs. Filters that keep nothing of a
+non-empty listing fail (:class:`~modelpull.errors.NothingSelectedError`) unless empty
+pulls are allowed.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import posixpath
 from collections import Counter
@@ -18,12 +24,29 @@ from pathlib import Path
 
 from modelpull import safefs
 from modelpull.backends.base import Backend
-from modelpull.errors import DestinationError, ObjectNotFoundError, UnsafePathError
+from modelpull.errors import (
+    DestinationError,
+    NothingSelectedError,
+    ObjectNotFoundError,
+    UnsafePathError,
+)
+from modelpull.globs import matches
 from modelpull.objects import RemoteFile
+from modelpull.presets import apply_preset, get_preset
 from modelpull.state import STATE_DIR
+from modelpull.text import shown
 from modelpull.uri import ObjectURI
 
-__all__ = ["check_dest_paths", "check_files", "list_remote", "matches", "safe_relpath", "select"]
+__all__ = [
+    "check_dest_paths",
+    "check_files",
+    "choose",
+    "is_exact",
+    "list_remote",
+    "matches",
+    "safe_relpath",
+    "select",
+]
 
 # POSIX's usual limits, for file systems that do not say (pathconf fails or says -1).
 DEFAULT_NAME_MAX = 255
@@ -59,7 +82,9 @@ def list_remote(backend: Backend, uri: ObjectURI) -> list[RemoteFile]:
 
     An exact key is one file named after its last segment; otherwise the URI is a folder
     (``s3://b/model`` means ``s3://b/model/``, as AIBrix reads it). Folder markers
-    (keys ending in ``/``) are not files.
+    (keys ending in ``/``) are not files. A wildcard URI (``s3://b/m/*.json``, see
+    :attr:`~modelpull.uri.ObjectURI.wildcard`) lists its folder, every file of it: the
+    glob is applied by :func:`choose`.
     """
     if not uri.is_folder:
         try:
@@ -69,7 +94,9 @@ def list_remote(backend: Backend, uri: ObjectURI) -> list[RemoteFile]:
         else:
             name = uri.key.rsplit("/", 1)[-1]
             return [RemoteFile(obj=obj, path=safe_relpath(name, ""))]
-    prefix = uri.key if uri.is_folder else f"{uri.key}/"
+    wildcard = uri.wildcard
+    folder = uri.key if uri.is_folder else f"{uri.key}/"
+    prefix = wildcard[0] if wildcard is not None else folder
     files = [
         RemoteFile(obj=obj, path=safe_relpath(obj.key, prefix))
         for obj in backend.list(uri.bucket, prefix)
@@ -77,8 +104,8 @@ def list_remote(backend: Backend, uri: ObjectURI) -> list[RemoteFile]:
     ]
     if not files:
         raise ObjectNotFoundError(
-            f"nothing at {uri.scheme}://{uri.bucket}/{prefix}: no such key and no objects "
-            "under that prefix - check the path (keys are case-sensitive)",
+            f"nothing at {shown(f'{uri.scheme}://{uri.bucket}/{prefix}')}: no such key and "
+            "no objects under that prefix - check the path (keys are case-sensitive)",
             bucket=uri.bucket,
             key=prefix,
         )
@@ -155,16 +182,6 @@ def _check_conflicts(paths: Iterable[str]) -> None:
             parent = posixpath.dirname(parent)
 
 
-def _expand(pattern: str) -> str:
-    # "tokenizer/" means the whole folder, as in huggingface_hub's allow_patterns.
-    return f"{pattern}*" if pattern.endswith("/") else pattern
-
-
-def matches(path: str, patterns: Sequence[str]) -> bool:
-    """True when ``path`` matches one of the globs (``*`` also crosses ``/``)."""
-    return any(fnmatch.fnmatchcase(path, _expand(p)) for p in patterns)
-
-
 def select(
     files: Sequence[RemoteFile],
     include: Sequence[str] | None = None,
@@ -176,3 +193,74 @@ def select(
         for f in files
         if (not include or matches(f.path, include)) and not (exclude and matches(f.path, exclude))
     ]
+
+
+def is_exact(uri: ObjectURI, files: Sequence[RemoteFile]) -> bool:
+    """True when ``files`` (``uri``'s listing) is the one object the URI names exactly."""
+    return not uri.is_folder and len(files) == 1 and files[0].obj.key == uri.key
+
+
+def choose(
+    files: Sequence[RemoteFile],
+    uri: ObjectURI,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    preset: str | None = None,
+    allow_empty: bool = False,
+) -> list[RemoteFile]:
+    """What to pull of ``files`` (``uri``'s listing): its wildcard, ``preset``, then
+    :func:`select`. Filters that keep nothing raise
+    :class:`~modelpull.errors.NothingSelectedError`, naming the URI and the filters, unless
+    ``allow_empty``. An object the URI names exactly is never filtered away by a wildcard.
+    """
+    chosen = list(files)
+    wildcard = None if is_exact(uri, files) else uri.wildcard
+    if wildcard is not None:
+        chosen = [f for f in chosen if matches(f.path, [wildcard[1]])]
+    if preset is not None:
+        chosen = apply_preset(get_preset(preset), chosen)
+    chosen = select(chosen, include, exclude)
+    if chosen or not files or allow_empty:
+        return chosen
+    raise NothingSelectedError(
+        _nothing_selected(files, uri, include, exclude, preset, wildcard),
+        bucket=uri.bucket,
+        key=uri.key,
+    )
+
+
+def _nothing_selected(
+    files: Sequence[RemoteFile],
+    uri: ObjectURI,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    preset: str | None,
+    wildcard: tuple[str, str] | None,
+) -> str:
+    filters = [f"the wildcard {shown(wildcard[1])}"] if wildcard is not None else []
+    filters += [f"--preset {preset}"] if preset is not None else []
+    filters += [f"--include {shown(p)}" for p in include or ()]
+    filters += [f"--exclude {shown(p)}" for p in exclude or ()]
+    sample = ", ".join(shown(f.path) for f in files[:3]) + (", ..." if len(files) > 3 else "")
+    message = (
+        f"nothing to pull: {shown(str(uri))} lists {len(files)} file(s) ({sample}) but "
+        f"{' '.join(filters) or 'the filters'} kept none"
+    )
+    hints = []
+    if include and exclude and any(matches(f.path, exclude) for f in files):
+        hints.append(
+            "--include is an allow-list (as huggingface_hub's allow_patterns) and every "
+            "--exclude wins over it; filters are not applied in order as in the AWS CLI, so "
+            "drop --exclude '*' and keep only the --include patterns"
+        )
+    keyed = [p for p in include or () if any(matches(f.obj.key, [p]) for f in files)]
+    if keyed:
+        folder = wildcard[0] if wildcard is not None else uri.key
+        hints.append(
+            f"patterns match paths relative to {shown(f'{uri.scheme}://{uri.bucket}/{folder}')}"
+            f" (such as {shown(files[0].path)}), not whole keys: {shown(keyed[0])} matches "
+            "only whole keys"
+        )
+    hints.append("pass --allow-empty to succeed without pulling anything")
+    return f"{message}; " + "; ".join(hints)

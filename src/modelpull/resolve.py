@@ -5,8 +5,10 @@ Every entry point (:func:`modelpull.pull`, :func:`modelpull.list_objects`,
 :func:`resolve` once, and only here are the environment, the ``TOS_*`` variables and the
 store's endpoint conventions applied:
 
-1. the config: the caller's, else one read from the environment now, with keyword
-   ``overrides`` (CLI flags) on top;
+1. the config: the fields the caller's config was given (:attr:`PullConfig.given`), the
+   environment read now for every other field, and keyword ``overrides`` (CLI flags) on
+   top: a config built with some keywords keeps the environment's endpoint, exactly as
+   the CLI keeps it when some flags are given;
 2. for ``tos://``: ``TOS_ENDPOINT``/``TOS_REGION`` rank below ``MODELPULL_*`` and above
    ``AWS_*`` (a config passed in keeps what it sets); with no endpoint the region's
    public one is used; the region is read from a TOS host name; ``auto`` addressing
@@ -15,7 +17,8 @@ store's endpoint conventions applied:
    hosts for ``tos-sdk`` (:func:`~modelpull.uri.to_s3_endpoint`,
    :func:`~modelpull.uri.to_native_endpoint`);
 4. credentials: the caller's, else for ``tos://`` ``TOS_ACCESS_KEY``/``TOS_SECRET_KEY``
-   unless a profile was named, else ``None`` (boto3's chain);
+   unless a profile was named or requests go unsigned (``no_sign_request``), else
+   ``None`` (boto3's chain);
 5. the backend: the caller's (never closed here), else one made from the config when
    first used and closed with the target.
 
@@ -165,10 +168,8 @@ def resolve_config(
     """
     env = os.environ if environ is None else environ
     given = {name: value for name, value in (overrides or {}).items() if value is not None}
-    if config is None:
-        config = _from_env(scheme, env, given)
-    elif given:
-        config = dataclasses.replace(config, **given)
+    kept = config.given_values() if config is not None else {}
+    config = _from_env(scheme, env, kept | given)
     if scheme == "tos":
         config = _for_tos(config, env)
     if config.endpoint_url:
@@ -198,7 +199,12 @@ def resolve(
     env = os.environ if environ is None else environ
     cfg = resolve_config(parsed.scheme, config, overrides=overrides, environ=env)
     # A named profile (--profile) is a request for boto3's chain: TOS_* keys stand back.
-    if credentials is None and parsed.scheme == "tos" and cfg.profile is None:
+    if (
+        credentials is None
+        and parsed.scheme == "tos"
+        and cfg.profile is None
+        and not cfg.no_sign_request
+    ):
         credentials = credentials_from_env(env)
     return Target(uri=parsed, config=cfg, credentials=credentials, given_backend=backend)
 

@@ -6,7 +6,17 @@ import re
 
 from modelpull.errors import UsageError
 
-__all__ = ["format_rate", "format_size", "parse_duration", "parse_size"]
+__all__ = [
+    "format_rate",
+    "format_size",
+    "parse_bool",
+    "parse_duration",
+    "parse_int",
+    "parse_opt_duration",
+    "parse_opt_size",
+    "parse_opt_str",
+    "parse_size",
+]
 
 _SIZE_UNITS = {
     "": 1,
@@ -65,3 +75,33 @@ def format_size(n: float) -> str:
 def format_rate(nbytes: float, seconds: float) -> str:
     """Decimal MB/s, as the benchmark tables and s5cmd print them."""
     return f"{nbytes / seconds / 1e6:.1f} MB/s" if seconds > 0 else "- MB/s"
+
+
+def parse_bool(text: str) -> bool:
+    """``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off`` (empty is false)."""
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise UsageError(f"invalid boolean {text!r}: use true/false, 1/0, yes/no or on/off")
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"invalid integer {text!r}") from None
+
+
+def parse_opt_str(text: str) -> str | None:
+    """The text, or ``None`` for an empty one (a variable set to nothing is unset)."""
+    return text or None
+
+
+def parse_opt_size(text: str) -> int | None:
+    return parse_size(text) if text.strip() else None
+
+
+def parse_opt_duration(text: str) -> float | None:
+    return parse_duration(text) if text.strip() else None

@@ -33,6 +33,7 @@ SCHEMES = ("s3", "tos")
 # Lenient on purpose: S3-compatible stores (and legacy AWS buckets) accept upper case and
 # underscores; anything that could not be a host label or path segment is refused.
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+_GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,18 @@ class ObjectURI:
     def is_folder(self) -> bool:
         """True when the URI can only name a folder (empty key or trailing slash)."""
         return self.key == "" or self.key.endswith("/")
+
+    @property
+    def wildcard(self) -> tuple[str, str] | None:
+        """``(folder, pattern)`` when the key's last segment is a glob, as s5cmd reads
+        ``s3://bucket/prefix/*.json``: the files under ``folder`` whose path below it
+        matches ``pattern`` (``*`` also crosses ``/``), i.e. ``s3://bucket/prefix/``
+        with ``--include '*.json'``. ``None`` for any other URI. An object whose key is
+        exactly the glob's text is still taken as that one object."""
+        folder, slash, last = self.key.rpartition("/")
+        if not any(c in last for c in _GLOB_CHARS):
+            return None
+        return folder + slash, last
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.bucket}/{self.key}"

@@ -127,7 +127,10 @@ def test_status_lines_when_stderr_is_a_pipe(
     # Plain lines for container logs: no carriage returns, no bar drawing.
     assert len(lines) >= 3
     assert "\r" not in proc.stderr
+    # Until the files are known a line says "listing"; then bytes, files and rate.
     assert all(
-        line.startswith("modelpull: ") and "MB/s" in line and "files" in line for line in lines
+        line.startswith("modelpull: listing")
+        or (line.startswith("modelpull: ") and "MB/s" in line and "files" in line)
+        for line in lines
     )
     assert "24.00 MiB / 24.00 MiB (100%), 1/1 files" in lines[-1]

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import pty
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,11 @@ import pytest
 from filelock import FileLock, Timeout
 
 from modelpull import AccessDeniedError
-from modelpull.aibrix import download_model
+from modelpull.aibrix import download_model, download_with_report
 from modelpull.compat import CompatWarning
-from modelpull.events import BytesTransferred, Event, FileQueued
+from modelpull.events import BytesTransferred, Event, FileDone, FileQueued
 from tests.faults.proxy import FaultProxy
-from tests.helpers import S3Store, isolated_env, run_cli, tree
+from tests.helpers import S3Store, isolated_env, run_cli, start_cli, tree, wait_until
 
 MiB = 1 << 20
 FILES = {
@@ -108,7 +109,9 @@ def test_same_layout_as_aibrix(
     aibrix_reference(store, bucket, "models/llama-3/", tmp_path / "aibrix", "llama-3")
     done = run_dropin(aibrix_env, "--model-uri", uri, "--local-dir", str(tmp_path / "modelpull"))
     assert done.returncode == 0, done.stderr
-    assert "6 files fetched" in done.stdout
+    assert "6 files fetched" in done.stderr
+    # As AIBrix prints it: the model's folder is the one line on stdout, for scripts.
+    assert done.stdout.splitlines() == [str(tmp_path / "modelpull" / "llama-3")]
     ours, theirs = tree(tmp_path / "modelpull"), tree(tmp_path / "aibrix")
     assert ours == theirs
     # What that layout is, spelled out: the files, then a lock and the ETag for each.
@@ -127,7 +130,7 @@ def test_switch_then_roll_back_fetches_nothing_again(
     uri = f"s3://{bucket}/models/llama-3/"
     # Switch: a model AIBrix downloaded is taken as it is.
     aibrix_reference(store, bucket, "models/llama-3/", tmp_path, "llama-3")
-    report = download_model(uri, tmp_path, "llama-3")
+    report = download_with_report(uri, tmp_path, "llama-3")
     assert report.already_present == len(FILES)
     assert (report.result.files_fetched, report.result.bytes_downloaded) == (0, 0)
     # Roll back: a model modelpull downloaded is taken by AIBrix as it is.
@@ -135,7 +138,7 @@ def test_switch_then_roll_back_fetches_nothing_again(
     assert aibrix_reference(store, bucket, "models/llama-3/", tmp_path / "fresh", "llama-3") == 0
     # A file AIBrix's metadata no longer vouches for is fetched again.
     (tmp_path / "llama-3" / ".cache/s3/download/config.json.metadata").write_text('"stale"')
-    assert download_model(uri, tmp_path, "llama-3").result.files_fetched == 1
+    assert download_with_report(uri, tmp_path, "llama-3").result.files_fetched == 1
 
 
 def test_aibrix_locks_are_held_while_pulling(
@@ -159,26 +162,83 @@ def test_aibrix_locks_are_held_while_pulling(
         pass  # released afterwards
 
 
+def test_each_file_becomes_aibrix_s_as_it_completes(
+    bucket: str, aibrix_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOWNLOADER_NUM_THREADS", "1")  # files complete one after another
+    cache = tmp_path / "llama-3/.cache/s3/download"
+    done: list[str] = []
+    seen: dict[str, tuple[bool, bool]] = {}
+
+    def observe(event: Event) -> None:
+        if not isinstance(event, FileDone):
+            return
+        # Every file done before this one: its metadata is written, its lock released.
+        for path in done:
+            try:
+                FileLock(cache / f"{path}.lock", timeout=0).acquire()
+            except Timeout:
+                free = False
+            else:
+                free = True
+            seen[path] = ((cache / f"{path}.metadata").is_file(), free)
+        done.append(event.path)
+
+    download_model(f"s3://{bucket}/models/llama-3/", tmp_path, observers=[observe])
+    assert set(seen) == set(done[:-1]) and len(done) == len(FILES)
+    assert all(metadata and free for metadata, free in seen.values()), seen
+
+
+@pytest.mark.slow
+def test_an_interrupted_pull_leaves_aibrix_state_for_every_finished_file(
+    store: S3Store, aibrix_env: dict[str, str], tmp_path: Path
+) -> None:
+    name = store.new_bucket()
+    small = {"config.json": b"{}", "tokenizer/tokenizer.json": b'{"v": 1}'}
+    store.put_tree(name, "models/m/", {**small, WEIGHTS: os.urandom(6 * MiB)})
+    env = aibrix_env | {"MODELPULL_MAX_BANDWIDTH": "1MiB"}  # the weights take 6 s
+    uri = f"s3://{name}/models/m/"
+    proc = start_cli(
+        ["--model-uri", uri, "--local-dir", str(tmp_path)],
+        isolated_env(env),
+        module="modelpull.aibrix",
+    )
+    cache = tmp_path / "m/.cache/s3/download"
+    wait_until(
+        "the small files are AIBrix's",
+        lambda: all((cache / f"{path}.metadata").is_file() for path in small),
+        [proc],
+    )
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert not (tmp_path / "m" / WEIGHTS).exists()
+    # Rolled back to AIBrix: it takes the finished files as they are, fetches the rest.
+    assert aibrix_reference(store, name, "models/m/", tmp_path, "m") == 1
+
+
 def test_model_name_and_local_dir_defaults(
     bucket: str, aibrix_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DOWNLOADER_LOCAL_DIR", str(tmp_path / "models"))
-    report = download_model(f"s3://{bucket}/models/llama-3")
-    assert report.path == tmp_path / "models" / "llama-3"
-    assert tree(report.path).keys() >= {f"{name}" for name in FILES}
+    path = download_model(f"s3://{bucket}/models/llama-3")
+    # What AIBrix's download_model returns: the model's folder, a Path.
+    assert isinstance(path, Path)
+    assert path == tmp_path / "models" / "llama-3"
+    assert tree(path).keys() >= {f"{name}" for name in FILES}
 
 
 def test_allow_file_suffix(
     bucket: str, aibrix_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DOWNLOADER_ALLOW_FILE_SUFFIX", "json, safetensors")
-    report = download_model(f"s3://{bucket}/models/llama-3/", tmp_path, "m")
+    report = download_with_report(f"s3://{bucket}/models/llama-3/", tmp_path, "m")
     kept = {n for n in FILES if n.endswith(("json", "safetensors"))}
     assert {o.path for o in report.result.files} == kept
     assert not (tmp_path / "m" / "README.md").exists()
     # --download-extra-config wins over the variable.
     extra = {"allow_file_suffix": ["md"]}
-    report = download_model(f"s3://{bucket}/models/llama-3/", tmp_path, "n", extra)
+    report = download_with_report(f"s3://{bucket}/models/llama-3/", tmp_path, "n", extra)
     assert {o.path for o in report.result.files} == {"README.md"}
 
 
@@ -186,9 +246,9 @@ def test_allow_file_suffix_does_not_filter_a_single_file(
     bucket: str, aibrix_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DOWNLOADER_ALLOW_FILE_SUFFIX", "safetensors")
-    report = download_model(f"s3://{bucket}/models/llama-3/config.json", tmp_path)
-    assert report.path == tmp_path / "config.json"
-    assert (report.path / "config.json").read_bytes() == FILES["config.json"]
+    path = download_model(f"s3://{bucket}/models/llama-3/config.json", tmp_path)
+    assert path == tmp_path / "config.json"
+    assert (path / "config.json").read_bytes() == FILES["config.json"]
 
 
 @pytest.mark.slow
@@ -202,10 +262,10 @@ def test_force_download(
 ) -> None:
     uri = f"s3://{bucket}/models/llama-3/"
     download_model(uri, tmp_path)
-    again = download_model(uri, tmp_path)
+    again = download_with_report(uri, tmp_path)
     assert again.result.files_fetched == 0
     monkeypatch.setenv(variable, "1" if variable == "DOWNLOADER_FORCE_DOWNLOAD" else "0")
-    forced = download_model(uri, tmp_path)
+    forced = download_with_report(uri, tmp_path)
     assert forced.result.files_fetched == len(FILES)
     assert forced.already_present == 0
 
@@ -221,11 +281,11 @@ def test_num_threads_and_io_chunksize(
         if isinstance(event, BytesTransferred):
             pieces.append(event.bytes)
 
-    report = download_model(f"s3://{bucket}/models/llama-3/", tmp_path, observers=[observe])
+    report = download_with_report(f"s3://{bucket}/models/llama-3/", tmp_path, observers=[observe])
     assert report.result.config["concurrency"] == 3
     assert report.result.config["io_chunk_size"] == 65536
     assert 0 < max(pieces) <= 65536  # each read fills at most one 64KiB buffer
-    extra = download_model(
+    extra = download_with_report(
         f"s3://{bucket}/models/llama-3/", tmp_path, "x", {"num_threads": 2}
     ).result.config
     assert extra["concurrency"] == 2
@@ -322,7 +382,9 @@ def test_progress_bar_flag(bucket: str, aibrix_env: dict[str, str], tmp_path: Pa
     assert b"pull" in drawn and b"B/s" in drawn
     quiet = run_dropin(aibrix_env, "--model-uri", uri, "--local-dir", str(tmp_path / "q"))
     assert quiet.returncode == 0
-    assert quiet.stderr == ""
+    # No bar: the summary line alone.
+    assert [line.split(":")[0] for line in quiet.stderr.splitlines()] == ["modelpull.aibrix"]
+    assert "files fetched" in quiet.stderr
 
 
 @pytest.mark.parametrize(

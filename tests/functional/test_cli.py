@@ -72,9 +72,18 @@ def test_plain_summary_and_ls(store: S3Store, bucket: str, tmp_path: Path) -> No
     proc = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path / "d")], store.env())
     assert proc.returncode == 0, proc.stderr
     assert "pulled 2 files" in proc.stdout
-    listing = run_cli(["ls", f"s3://{bucket}/m/"], store.env())
+    listing = run_cli(["ls", f"s3://{bucket}/m/", "--bytes"], store.env())
     assert listing.returncode == 0
-    assert listing.stdout.split() == ["2", "config.json", str(3 * MiB), "w.safetensors"]
+    assert listing.stdout.split() == [
+        "2",
+        "config.json",
+        str(3 * MiB),
+        "w.safetensors",
+        str(3 * MiB + 2),
+        "total,",
+        "2",
+        "files",
+    ]
     rows = [
         json.loads(line)
         for line in run_cli(["ls", f"s3://{bucket}/m", "--json"], store.env()).stdout.splitlines()

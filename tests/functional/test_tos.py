@@ -322,6 +322,7 @@ class TosFront:
         self.fail: dict[str, tuple[int, str, dict[str, str]]] = {}  # key -> status, code, headers
         self.page_size = 1000
         self.seen: list[tuple[str, str]] = []
+        self.auth: list[str | None] = []  # each request's Authorization header
         self._ids = iter(range(1, 1 << 30))
         front = self
 
@@ -359,6 +360,7 @@ class TosFront:
         parts = urlsplit(handler.path)
         key = unquote(parts.path.lstrip("/"))
         self.seen.append((handler.command, key))
+        self.auth.append(handler.headers.get("Authorization"))
         request_id = f"front-{next(self._ids)}"
         if key in self.fail:
             code, name, headers = self.fail[key]
@@ -465,6 +467,7 @@ def stand_in(
 def front(stand_in: tuple[str, TosFront]) -> Iterator[TosFront]:
     front = stand_in[1]
     front.seen.clear()
+    front.auth.clear()
     yield front
     front.crc.clear()
     front.fail.clear()
@@ -520,6 +523,26 @@ def test_sdk_backend_downloads_a_model(
         backend=sdk_backend,
     )
     assert (again.files_fetched, again.files_skipped) == (0, len(FILES))
+
+
+def test_sdk_backend_sends_unsigned_requests_with_no_sign_request(
+    stand_in: tuple[str, TosFront], front: TosFront
+) -> None:
+    uri = f"tos://{stand_in[0]}/models/llama/"
+    keys = Credentials("AKLTtestkey", "test-secret-key-value")
+    for unsigned in (False, True):
+        front.auth.clear()
+        config = sdk_config(front, no_sign_request=unsigned)
+        backend = TosSdkBackend(config, keys)
+        try:
+            listed = modelpull.list_objects(uri, config=config, backend=backend)
+        finally:
+            backend.close()
+        assert {f.path for f in listed} == set(FILES)
+        assert front.auth
+        # Signed with the keys given, or (public buckets) no signature at all.
+        assert all(a is None for a in front.auth) is unsigned
+        assert all(a is not None and "AKLTtestkey" in a for a in front.auth) is not unsigned
 
 
 def test_sdk_backend_verifies_crc64(

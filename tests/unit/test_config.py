@@ -1,8 +1,11 @@
 import dataclasses
+import io
+import re
 from pathlib import Path
 
 import pytest
 
+from modelpull import config as config_module
 from modelpull.cli import build_parser
 from modelpull.cli.options import config_overrides
 from modelpull.config import (
@@ -11,9 +14,11 @@ from modelpull.config import (
     Flag,
     PullConfig,
     default_text,
+    known_env,
     reference_markdown,
 )
 from modelpull.errors import UsageError
+from modelpull.observe.logs import setup_logging
 
 DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
 
@@ -155,3 +160,55 @@ def test_a_bad_flag_value_names_the_flag(flag: str, value: str) -> None:
     args = build_parser().parse_args(["pull", "s3://b/m/", "dest", flag, value])
     with pytest.raises(UsageError, match=flag):
         config_overrides(args)
+
+
+# -- the variables of the tools modelpull replaces, and misspelt ones ------------------
+
+
+def test_s3_endpoint_url_ranks_after_the_aws_variables() -> None:
+    assert PullConfig.from_env({"S3_ENDPOINT_URL": "http://s5:1"}).endpoint_url == "http://s5:1"
+    env = {"S3_ENDPOINT_URL": "http://s5:1", "AWS_ENDPOINT_URL": "http://aws:2"}
+    assert PullConfig.from_env(env).endpoint_url == "http://aws:2"
+    env |= {"MODELPULL_ENDPOINT_URL": "http://mp:3"}
+    assert PullConfig.from_env(env).endpoint_url == "http://mp:3"
+
+
+def test_aws_max_attempts_means_max_attempts() -> None:
+    assert PullConfig.from_env({"AWS_MAX_ATTEMPTS": "9"}).max_attempts == 9
+    env = {"AWS_MAX_ATTEMPTS": "9", "MODELPULL_MAX_ATTEMPTS": "2"}
+    assert PullConfig.from_env(env).max_attempts == 2
+
+
+def test_no_sign_request_and_allow_empty_have_flags_and_variables() -> None:
+    env = {"MODELPULL_NO_SIGN_REQUEST": "yes", "MODELPULL_ALLOW_EMPTY": "1"}
+    cfg = PullConfig.from_env(env)
+    assert (cfg.no_sign_request, cfg.allow_empty) == (True, True)
+    args = build_parser().parse_args(["pull", "s3://bk/m/", "d", "--no-sign-request"])
+    assert config_overrides(args)["no_sign_request"] is True
+    args = build_parser().parse_args(["ls", "s3://bk/m/", "--no-sign-request"])
+    assert config_overrides(args)["no_sign_request"] is True
+
+
+def test_a_misspelt_variable_is_warned_about_once(
+    monkeypatch: pytest.MonkeyPatch, restore_logger: None
+) -> None:
+    monkeypatch.setattr(config_module, "_warned", set())
+    stream = io.StringIO()
+    setup_logging(stream=stream, environ={})
+    env = {"MODELPULL_CONCURENCY": "4", "MODELPULL_ZZZ": "1", "MODELPULL_CONCURRENCY": "2"}
+    assert PullConfig.from_env(env).concurrency == 2
+    PullConfig.from_env(env)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "MODELPULL_CONCURENCY" in lines[0] and "did you mean MODELPULL_CONCURRENCY?" in lines[0]
+    assert "MODELPULL_ZZZ" in lines[1] and "docs/configuration.md" in lines[1]
+
+
+def test_every_modelpull_variable_in_the_sources_is_known() -> None:
+    # A variable read somewhere but missing from known_env() would be "misspelt".
+    root = Path(__file__).parents[2]
+    names = set()
+    for path in [*root.glob("src/**/*.py"), *root.glob("tests/**/*.py"), *root.glob("docs/*.md")]:
+        names |= set(re.findall(r"\bMODELPULL_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    misspelt_on_purpose = {"MODELPULL_CONCURENCY", "MODELPULL_ZZZ"}
+    assert names - misspelt_on_purpose <= known_env(), names - known_env()

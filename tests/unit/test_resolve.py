@@ -218,3 +218,28 @@ def test_tos_native_endpoint_is_mapped_before_use() -> None:
     finally:
         backend.close()
     assert url.startswith("https://models.tos-s3-cn-beijing.ivolces.com/k?")
+
+
+# --- a config built with some keywords: the rest from the environment, as in the CLI ----
+
+
+def test_a_partial_config_takes_the_environment_for_what_it_leaves_out() -> None:
+    env = {"MODELPULL_ENDPOINT_URL": "http://minio:9000", "MODELPULL_CONCURRENCY": "4"}
+    cfg = resolve_config("s3", PullConfig(concurrency=8), environ=env)
+    # The endpoint is not silently dropped; the given field beats its variable.
+    assert (cfg.endpoint_url, cfg.concurrency) == ("http://minio:9000", 8)
+    # The same as the CLI with --concurrency 8 and the same environment.
+    assert cfg == resolve_config("s3", overrides={"concurrency": 8}, environ=env)
+    # A field given with its default value is still given.
+    assert resolve_config("s3", PullConfig(concurrency=16), environ=env).concurrency == 16
+    # replace() keeps what was given; the result resolves the same way.
+    assert resolve_config("s3", PullConfig(concurrency=8).replace(force=True), environ=env) == (
+        PullConfig(endpoint_url="http://minio:9000", concurrency=8, force=True)
+    )
+
+
+def test_no_sign_request_leaves_tos_keys_alone() -> None:
+    env = TOS_ENV | {"TOS_ACCESS_KEY": "tak", "TOS_SECRET_KEY": "tsk"}
+    assert resolve("tos://models/llama/", environ=env).credentials is not None
+    unsigned = resolve("tos://models/llama/", PullConfig(no_sign_request=True), environ=env)
+    assert unsigned.credentials is None

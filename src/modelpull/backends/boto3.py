@@ -25,6 +25,7 @@ from typing import Any
 import botocore.exceptions as bexc
 import botocore.session
 import urllib3.exceptions as uexc
+from botocore import UNSIGNED
 from botocore.config import Config
 
 from modelpull.backends.base import (
@@ -206,6 +207,10 @@ class Boto3Backend(RangedGetBackend):
         self.names = names_for(scheme)
         verify = tls_verify(config)
         endpoint = normalize_endpoint(config.endpoint_url) if config.endpoint_url else None
+        # Unsigned requests look for no credentials at all, as the AWS CLI's do.
+        unsigned = {"signature_version": UNSIGNED} if config.no_sign_request else {}
+        if config.no_sign_request:
+            credentials = None
         botocore_config = Config(
             max_pool_connections=config.concurrency + 4,
             connect_timeout=config.connect_timeout,
@@ -217,6 +222,7 @@ class Boto3Backend(RangedGetBackend):
             # validation (on by default since 1.36) breaks on many S3-compatible stores.
             response_checksum_validation="when_required",
             request_checksum_calculation="when_required",
+            **unsigned,
         )
         with ErrorMap(translate, self.names, endpoint)(None, None):
             try:

@@ -75,14 +75,15 @@ S3_NAMES = StoreNames(
     scheme="s3",
     credentials="AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --profile",
     no_credentials="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a --profile, "
-    "or run where an instance role is available",
+    "run where an instance role is available, or pass --no-sign-request for a public bucket",
     endpoint="AWS_ENDPOINT_URL",
     region="--region or AWS_REGION",
 )
 TOS_NAMES = StoreNames(
     scheme="tos",
     credentials="TOS_ACCESS_KEY/TOS_SECRET_KEY, TOS_SECURITY_TOKEN",
-    no_credentials="set TOS_ACCESS_KEY and TOS_SECRET_KEY, or choose a --profile",
+    no_credentials="set TOS_ACCESS_KEY and TOS_SECRET_KEY, choose a --profile, or pass "
+    "--no-sign-request for a public bucket",
     endpoint="TOS_ENDPOINT",
     region="TOS_REGION and TOS_ENDPOINT",
 )

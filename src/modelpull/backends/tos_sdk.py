@@ -174,7 +174,8 @@ class TosSdkBackend(RangedGetBackend):
                 "the tos-sdk backend needs a region for signing: set TOS_REGION or --region"
             )
         custom = config.addressing_style == "path"
-        keys = _sdk_credentials(config, credentials)
+        # Empty keys make the SDK send unsigned requests (its AnonymousAuth).
+        keys = None if config.no_sign_request else _sdk_credentials(config, credentials)
         try:
             self._client = tos.TosClientV2(
                 ak=keys.access_key if keys else "",

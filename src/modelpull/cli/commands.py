@@ -23,8 +23,10 @@ from modelpull.config import PullConfig
 from modelpull.events import Observer
 from modelpull.observe.logs import LogObserver
 from modelpull.observe.progress import ProgressDisplay
+from modelpull.preview import PullPreview, preview
 from modelpull.resolve import Target, resolve
 from modelpull.results import PullResult
+from modelpull.text import shown
 from modelpull.units import format_size, parse_duration
 
 if TYPE_CHECKING:
@@ -46,9 +48,15 @@ def _warn_insecure(config: PullConfig) -> None:
         warnings.filterwarnings("ignore", message="Unverified HTTPS request")
 
 
+def plural(n: int, word: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _print_summary(result: PullResult) -> None:
     print(
-        f"pulled {result.files_fetched} files ({format_size(result.bytes_downloaded)}) "
+        f"pulled {plural(result.files_fetched, 'file')} "
+        f"({format_size(result.bytes_downloaded)}) "
         f"in {result.seconds:.1f}s, {result.mb_per_s:.1f} MB/s; "
         f"{result.files_skipped} already complete"
         + (
@@ -74,7 +82,47 @@ def _cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
     )
 
 
+_DOING = {"fetch": "would fetch", "skip": "would skip", "check": "would check"}
+
+
+def _print_preview(plan: PullPreview) -> None:
+    """One line per file, then the totals; sizes human, keys escaped."""
+    for f in plan.files:
+        note = ""
+        if f.action == "skip":
+            note = "  (complete)"
+        elif f.action == "check":
+            note = "  (already there at this size, no modelpull record)"
+        elif f.resumable_bytes:
+            note = f"  ({format_size(f.resumable_bytes)} already on disk, kept)"
+        print(f"{_DOING[f.action]:<12} {format_size(f.size):>11}  {shown(f.path)}{note}")
+    fetch, skip, check = plan.of("fetch"), plan.of("skip"), plan.of("check")
+    print(
+        f"dry run: would fetch {plural(len(fetch), 'file')} ({format_size(plan.size_of('fetch'))})"
+        f", skip {plural(len(skip), 'file')} ({format_size(plan.size_of('skip'))}), "
+        f"would check {plural(len(check), 'existing file')} "
+        f"({format_size(plan.size_of('check'))}); nothing was written"
+    )
+
+
+def _cmd_dry_run(args: argparse.Namespace) -> int:
+    if args.distributed:
+        raise errors.UsageError("--dry-run does not work with --distributed")
+    with _target(args) as target:
+        _warn_insecure(target.config)
+        plan = preview(
+            target, args.dest, include=args.include, exclude=args.exclude, preset=args.preset
+        )
+    if args.json:
+        print(json.dumps({"ok": True, **plan.to_dict()}, sort_keys=True))
+    else:
+        _print_preview(plan)
+    return 0
+
+
 def _cmd_pull(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _cmd_dry_run(args)
     with ExitStack() as stack:
         target = stack.enter_context(_target(args))
         _warn_insecure(target.config)
@@ -103,6 +151,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
             args.dest,
             include=args.include,
             exclude=args.exclude,
+            preset=args.preset,
             observers=[progress, *observers],
             distributed=cluster or False,
         )
@@ -116,16 +165,19 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 def _cmd_ls(args: argparse.Namespace) -> int:
     with _target(args) as target:
         _warn_insecure(target.config)
-        for item in list_objects(target):
-            if args.json:
-                obj = item.obj
-                print(
-                    json.dumps(
-                        {"path": item.path, "key": obj.key, "size": obj.size, "etag": obj.etag}
-                    )
-                )
-            else:
-                print(f"{item.obj.size:>14}  {item.path}")
+        items = list_objects(target)
+    size = str if args.bytes else format_size
+    for item in items:
+        obj = item.obj
+        if args.json:
+            print(
+                json.dumps({"path": item.path, "key": obj.key, "size": obj.size, "etag": obj.etag})
+            )
+        else:
+            print(f"{size(obj.size):>14}  {shown(item.path)}")
+    if not args.json:
+        total = sum(item.obj.size for item in items)
+        print(f"{size(total):>14}  total, {plural(len(items), 'file')}")
     return 0
 
 
@@ -147,19 +199,41 @@ def _whole_number(value: str, flag: str) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from modelpull.bench import config_env, markdown, parse_list, parse_sizes, run_bench
+    from modelpull.bench import (
+        DEFAULT_ARMS,
+        available_arms,
+        check_dirs,
+        config_env,
+        markdown,
+        parse_list,
+        parse_sizes,
+        run_bench,
+    )
 
     # Each trial is a pull of its own, in a child process: only the settings travel.
     with _target(args) as target:
         env = config_env(target.config)
+    rounds = _whole_number(args.rounds, "--rounds")
+    if rounds < 1:
+        raise errors.UsageError("--rounds must be at least 1")
+    concurrencies = parse_list(args.concurrency, "--concurrency", int)
+    part_sizes = parse_sizes(args.part_size)
+    output = Path(args.output)
+    work_dir = Path(args.work_dir) if args.work_dir else None
+    check_dirs(output, work_dir)
+    named = args.backends is not None
+    arms = parse_list(args.backends, "--backends", str) if named else list(DEFAULT_ARMS)
+    backends = available_arms(
+        args.uri, arms, config_overrides(args), optional=() if named else arms[1:]
+    )
     rows = run_bench(
         args.uri,
-        backends=parse_list(args.backends, "--backends", str),
-        concurrencies=parse_list(args.concurrency, "--concurrency", int),
-        part_sizes=parse_sizes(args.part_size),
-        rounds=_whole_number(args.rounds, "--rounds"),
-        out_dir=Path(args.output),
-        work_dir=Path(args.work_dir) if args.work_dir else None,
+        backends=backends,
+        concurrencies=concurrencies,
+        part_sizes=part_sizes,
+        rounds=rounds,
+        out_dir=output,
+        work_dir=work_dir,
         env=env,
     )
     print(markdown(rows), end="")

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any, ClassVar, NoReturn
 
 from modelpull import errors
+from modelpull.text import escape_controls
 
 __all__ = [
     "EXIT_CODES",
@@ -50,7 +51,11 @@ class ExitCode:
 # Most specific first: the first entry with a matching class decides.
 EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(2, "usage: bad flag, value, environment variable or URI", (errors.UsageError,)),
-    ExitCode(3, "not found: bucket, key, or nothing under the prefix", (errors.NotFoundError,)),
+    ExitCode(
+        3,
+        "not found: bucket, key, nothing under the prefix, or nothing the filters select",
+        (errors.NotFoundError,),
+    ),
     ExitCode(4, "access denied, bad or missing credentials", (errors.AccessDeniedError,)),
     ExitCode(
         5,
@@ -187,7 +192,8 @@ def run_command(tool: str, body: Callable[[], int], *, json_errors: bool = False
             # A bug, or an OS error nothing translated: still one line, never a traceback
             # (it is logged with -vv); exit 1 like any other modelpull error.
             message = f"unexpected {type(exc).__name__}: {message} (details with -vv)"
-        print(f"{tool}: error: {message}", file=sys.stderr)
+        # One line, whatever the message holds (an object key may hold \r or escapes).
+        print(f"{tool}: error: {escape_controls(message)}", file=sys.stderr)
         if json_errors:
             print(json.dumps(_error_json(exc), sort_keys=True))
         log.debug("details", exc_info=exc)

@@ -12,7 +12,7 @@ from modelpull.config import PullConfig
 from modelpull.errors import ModelPullError
 from modelpull.objects import RemoteFile
 from modelpull.partfile import PartFile
-from modelpull.plan import list_remote, select
+from modelpull.plan import choose, list_remote
 from modelpull.retry import RetryPolicy
 from modelpull.state import StateDir
 from modelpull.uri import ObjectURI
@@ -35,7 +35,7 @@ def make_plan(
     """
     policy = RetryPolicy.from_config(config)
     listed = policy.call(lambda: list_remote(backend, uri), on_retry=on_retry)
-    files = select(listed, include, exclude)
+    files = choose(listed, uri, include, exclude, allow_empty=config.allow_empty)
     if config.verify != "off" and files:
 
         def head(f: RemoteFile) -> RemoteFile:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from modelpull.errors import UsageError
-from modelpull.units import parse_duration, parse_size
+from modelpull.units import parse_bool, parse_duration, parse_size
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -50,15 +50,6 @@ def _backend(text: str) -> str:
     if value not in ("gloo", "nccl", "auto"):
         raise UsageError(f"invalid exchange backend {text!r}: use gloo, nccl or auto")
     return value
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off", ""}:
-        return False
-    raise UsageError(f"invalid boolean {text!r}: use true/false, 1/0, yes/no or on/off")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,11 +96,11 @@ class ClusterOptions:
         env = os.environ if environ is None else environ
         parsers: dict[str, Any] = {
             "timeout": lambda t: parse_duration(t, what=ENV["timeout"]),
-            "fallback": _bool,
+            "fallback": parse_bool,
             "backend": _backend,
             "chunk_size": lambda t: parse_size(t, what=ENV["chunk_size"]),
             "node": lambda t: t.strip() or None,
-            "node_per_rank": _bool,
+            "node_per_rank": parse_bool,
         }
         values: dict[str, Any] = {}
         for name, variable in ENV.items():

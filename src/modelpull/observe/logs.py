@@ -32,6 +32,7 @@ from modelpull.events import (
     PullStarted,
     RequestFinished,
 )
+from modelpull.text import escape_controls
 from modelpull.units import format_size
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "LogFormat",
     "LogObserver",
     "RedactingFilter",
+    "TextFormatter",
     "setup_logging",
 ]
 
@@ -138,6 +140,20 @@ class RedactingFilter(logging.Filter):
 _TRACEBACKS = logging.Formatter()
 
 
+class TextFormatter(logging.Formatter):
+    """A text line whose message has its control characters escaped: a key holding
+    ``\r`` or an escape sequence cannot rewrite or forge a log line. A traceback that
+    follows (``-v``) keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        record.message = escape_controls(message)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts`` (UTC, ISO 8601), ``level``, ``logger``,
     ``event`` (``"log"`` for records that are not engine events), ``message``, then
@@ -189,7 +205,7 @@ def setup_logging(
     else:
         level = (logging.WARNING, logging.INFO)[verbose] if verbose < 2 else logging.DEBUG
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     handler.addFilter(RedactingFilter.from_env(environ, secrets))
     logger = logging.getLogger("modelpull")
     logger.handlers[:] = [handler]
