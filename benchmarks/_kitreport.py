@@ -22,6 +22,7 @@ class Run:
     cpu_s_per_gb: float
     peak_rss_mb: float
     verified: bool
+    problem: str | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -121,8 +122,10 @@ def _cell(scenario: ScenarioResult, arm: str) -> str:
         text = f"{s['median_mb_per_s']:.0f} ({s['min_mb_per_s']:.0f}-{s['max_mb_per_s']:.0f})"
     if arm.startswith("modelpull") and not scenario.startup:
         text += f", {s['cpu_s_per_gb']:.1f} CPU-s/GB"
-    if not s["verified"]:
+    if not all(r.verified for r in result.runs):
         text += " NOT VERIFIED"
+    elif result.failed is not None:
+        text += " (then failed)"
     return text
 
 
@@ -156,7 +159,11 @@ def _detail(scenario: ScenarioResult) -> list[str]:
         else:
             median_text = f"{s['median_mb_per_s']:.0f}"
             spread = f"{s['min_mb_per_s']:.0f}-{s['max_mb_per_s']:.0f}"
-        verified = "yes" if s["verified"] else ("no: failed" if arm.failed else "no")
+        wrong = sum(not r.verified for r in arm.runs)
+        if wrong:
+            verified = f"NO: {wrong} of {len(arm.runs)} runs wrong"
+        else:
+            verified = "yes" if s["verified"] else "runs yes, then failed"
         per_gb = "-" if scenario.startup else f"{s['cpu_s_per_gb']:.2f}"
         row = (
             f"| {name} | {median_text} | {spread} | {per_gb} | "

@@ -107,7 +107,7 @@ def get_model(
     ``shard_sizes`` (bytes) replaces the shards of ``big`` or ``far``.
     """
     spec = _spec(name, quick)
-    tag = f"{name}-quick" if quick else name
+    tag = f"{name}-quick" if quick and spec != _spec(name, False) else name
     if shard_sizes is not None:
         if "shards" not in spec:
             raise ValueError(f"the {name} model has no shards")

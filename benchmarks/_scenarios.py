@@ -146,6 +146,7 @@ ARMS: dict[str, Arm] = {
 @dataclass(frozen=True)
 class Scenario:
     name: str
+    # May name the far store's link: {rtt} (ms) and {rate}.
     title: str
     model: str
     store: str
@@ -159,13 +160,13 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
-        Scenario("md5", "1.6 GB (1 GiB + 512 MiB shards), MD5-only store", "big", "rclone"),
+        Scenario("md5", "two shards (1 GiB + 512 MiB), MD5-only store", "big", "rclone"),
         Scenario("crc64", "same model, CRC64NVME store (AWS-like)", "big", "rclone-crc64"),
-        Scenario("tls", "same model over TLS (own CA, trusted by every arm)", "big", "rclone-tls"),
-        Scenario("small-files", "400 small files, 53 MB", "small-files", "rclone"),
+        Scenario("tls", "same model over TLS (own CA)", "big", "rclone-tls"),
+        Scenario("small-files", "many small files (4 kB to 500 kB)", "small-files", "rclone"),
         Scenario(
             "far",
-            "a far store: 20 ms round trip, 16 MB/s per connection, 16 shards of 64 MiB",
+            "a far store: {rtt} ms round trip, {rate}/s per connection, 64 MiB shards",
             "far",
             "rclone-far",
         ),
@@ -173,7 +174,7 @@ SCENARIOS: dict[str, Scenario] = {
         # Hooks for the integrity issue: run only when named.
         Scenario(
             "multipart",
-            "1.6 GB model, multipart ETags (moto, 8 MiB parts)",
+            "same model, multipart ETags (moto, 8 MiB parts)",
             "big",
             "moto-multipart",
             ("s5cmd", "modelpull", "modelpull-noverify"),
@@ -187,7 +188,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "verify",
-            "modelpull verify of the 1.6 GB model (page cache)",
+            "modelpull verify of the same model (page cache)",
             "big",
             "rclone",
             ("modelpull-verify",),
