@@ -62,6 +62,11 @@ class Settings:
     far_rate: str = "16MB"
     far_total_rate: str | None = None
 
+    @property
+    def far_rate_text(self) -> str:
+        """The per-connection rate as the report says it."""
+        return "unlimited" if self.far_rate.lower() in ("none", "0") else f"{self.far_rate}/s"
+
 
 @dataclass(frozen=True)
 class Target:
@@ -146,7 +151,7 @@ ARMS: dict[str, Arm] = {
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    # May name the far store's link: {rtt} (ms) and {rate}.
+    # May name the far store's link: {rtt} (ms) and {rate} (per second).
     title: str
     model: str
     store: str
@@ -166,7 +171,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("small-files", "many small files (4 kB to 500 kB)", "small-files", "rclone"),
         Scenario(
             "far",
-            "a far store: {rtt} ms round trip, {rate}/s per connection, 64 MiB shards",
+            "a far store: {rtt} ms round trip, {rate} per connection, 64 MiB shards",
             "far",
             "rclone-far",
         ),
@@ -279,7 +284,7 @@ def open_store(kind: str, model: Path, prefix: str, settings: Settings) -> Itera
             stack.callback(link.close)
             described = (
                 f"{store.describe}, behind linkproxy.py: {s.far_rtt_ms:g} ms round trip, "
-                f"{s.far_rate}/s per connection"
+                f"{s.far_rate_text} per connection"
                 + (f", {s.far_total_rate}/s in all" if s.far_total_rate else "")
             )
             far = Store(link.url, store.access_key, store.secret_key, describe=described)

@@ -104,7 +104,7 @@ def run_scenario(
     scenario: Scenario, arms: Sequence[str], settings: Settings, data: Path, args: Any
 ) -> ScenarioResult:
     model = get_model(data, scenario.model, args.quick)
-    title = scenario.title.format(rtt=f"{settings.far_rtt_ms:g}", rate=settings.far_rate)
+    title = scenario.title.format(rtt=f"{settings.far_rtt_ms:g}", rate=settings.far_rate_text)
     result = ScenarioResult(
         scenario.name,
         title,
