@@ -14,6 +14,7 @@ there (same spec, same seed: same bytes); its SHA-256 are cached beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -54,15 +55,25 @@ class Model:
         return f"{self.name}/"
 
 
-def _spec(name: str, quick: bool) -> dict[str, object]:
+@dataclass(frozen=True)
+class _Spec:
+    """How a model is generated; the same spec writes the same bytes."""
+
+    shards: tuple[int, ...] = ()
+    seed: int = 0
+    count: int = 0
+    total: int = 0
+
+
+def _spec(name: str, quick: bool) -> _Spec:
     if name == "big":
-        return {"shards": [64 * MiB, 32 * MiB] if quick else [1024 * MiB, 512 * MiB], "seed": 1}
+        return _Spec(shards=(64 * MiB, 32 * MiB) if quick else (1024 * MiB, 512 * MiB), seed=1)
     if name == "far":
-        return {"shards": [16 * MiB] * 4 if quick else [64 * MiB] * 16, "seed": 2}
+        return _Spec(shards=(16 * MiB,) * 4 if quick else (64 * MiB,) * 16, seed=2)
     if name == "small-files":
-        return {"count": 40 if quick else 400, "total": 5_300_000 if quick else 53_000_000}
+        return _Spec(count=40, total=5_300_000) if quick else _Spec(count=400, total=53_000_000)
     if name == "one-file":
-        return {"one": 1}
+        return _Spec()
     raise ValueError(f"no model {name!r}")
 
 
@@ -82,17 +93,13 @@ def small_file_sizes(count: int, total: int, seed: int = 3) -> list[int]:
     return sizes
 
 
-def _write(name: str, spec: dict[str, object], folder: Path) -> None:
+def _write(spec: _Spec, folder: Path) -> None:
     folder.mkdir(parents=True)
-    if "shards" in spec:
-        shards = spec["shards"]
-        assert isinstance(shards, list)
-        write_sample_model(folder, shard_sizes=shards, seed=int(str(spec["seed"])))
-    elif "count" in spec:
+    if spec.shards:
+        write_sample_model(folder, shard_sizes=spec.shards, seed=spec.seed)
+    elif spec.count:
         rng = random.Random(4)
-        for i, size in enumerate(
-            small_file_sizes(int(str(spec["count"])), int(str(spec["total"])))
-        ):
+        for i, size in enumerate(small_file_sizes(spec.count, spec.total)):
             (folder / f"part-{i:04d}.bin").write_bytes(rng.randbytes(size))
     else:
         config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000}
@@ -109,19 +116,19 @@ def get_model(
     spec = _spec(name, quick)
     tag = f"{name}-quick" if quick and spec != _spec(name, False) else name
     if shard_sizes is not None:
-        if "shards" not in spec:
+        if not spec.shards:
             raise ValueError(f"the {name} model has no shards")
-        spec["shards"] = list(shard_sizes)
+        spec = dataclasses.replace(spec, shards=tuple(shard_sizes))
         tag = f"{name}-" + "+".join(f"{size / MiB:g}" for size in shard_sizes) + "MiB"
     folder = data / "models" / tag / name
     done = data / "models" / f"{tag}.done"
     recorded = json.loads(done.read_text()) if done.is_file() else None
-    if recorded != spec:
+    if recorded != json.loads(json.dumps(dataclasses.asdict(spec))):
         shutil.rmtree(folder.parent, ignore_errors=True)
         done.unlink(missing_ok=True)
         print(f"writing the {tag} model in {folder}", file=sys.stderr)
-        _write(name, spec, folder)
-        done.write_text(json.dumps(spec))
+        _write(spec, folder)
+        done.write_text(json.dumps(dataclasses.asdict(spec)))
     hashes = source_hashes(folder, data / "models" / f"{tag}.sha256.json")
     total = sum((folder / rel).stat().st_size for rel in hashes)
     return Model(name=name, folder=folder, hashes=hashes, total_bytes=total)
