@@ -10,6 +10,7 @@ flexible-checksum headers nor validates them on GETs.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -40,13 +41,17 @@ def list_prefix(client: Any, bucket: str, prefix: str) -> list[tuple[str, int]]:
     return found
 
 
-def admin_client(endpoint: str, access_key: str, secret_key: str) -> Any:
-    """The benchmark's own client, for setting up the store (not one of the arms)."""
+def admin_client(
+    endpoint: str, access_key: str, secret_key: str, ca_bundle: Path | None = None
+) -> Any:
+    """The benchmark's own client, for setting up the store (not one of the arms);
+    ``ca_bundle`` is the CA to trust for an HTTPS endpoint."""
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
+        verify=str(ca_bundle) if ca_bundle is not None else None,
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
     )
