@@ -136,9 +136,18 @@ def test_switch_then_roll_back_fetches_nothing_again(
     # Roll back: a model modelpull downloaded is taken by AIBrix as it is.
     download_model(uri, tmp_path / "fresh", "llama-3")
     assert aibrix_reference(store, bucket, "models/llama-3/", tmp_path / "fresh", "llama-3") == 0
-    # A file AIBrix's metadata no longer vouches for is fetched again.
-    (tmp_path / "llama-3" / ".cache/s3/download/config.json.metadata").write_text('"stale"')
+    # A file AIBrix's metadata no longer vouches for is checked against the store: kept
+    # (adopted, its metadata written again) while its bytes are the store's ...
+    metadata = tmp_path / "llama-3" / ".cache/s3/download/config.json.metadata"
+    metadata.write_text('"stale"')
+    checked = download_with_report(uri, tmp_path, "llama-3").result
+    assert (checked.files_fetched, checked.files_adopted) == (0, 1)
+    assert metadata.read_text() != '"stale"'
+    # ... and fetched again once they are not.
+    metadata.write_text('"stale"')
+    (tmp_path / "llama-3" / "config.json").write_bytes(b"x" * len(FILES["config.json"]))
     assert download_with_report(uri, tmp_path, "llama-3").result.files_fetched == 1
+    assert (tmp_path / "llama-3" / "config.json").read_bytes() == FILES["config.json"]
 
 
 def test_aibrix_locks_are_held_while_pulling(
