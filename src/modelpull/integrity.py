@@ -237,6 +237,9 @@ class Verifier:
         """A fresh hasher for part ``index`` (as split by :meth:`split`)."""
         return PartHasher(self._crc_kinds, self._segment_kinds, self._pieces[index])
 
+    def feed(self, offset: int, view: memoryview) -> None:
+        """Bytes ``[offset, offset + len(view))`` were just written (from a worker)."""
+
     def part_done(self, index: int, fd: int) -> None:
         """Part ``index`` is on disk: extend the in-order digests over the complete prefix."""
         start, end = self.parts[index]

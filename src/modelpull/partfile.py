@@ -208,6 +208,7 @@ class PartFile:
                 written += os.pwrite(fd, view[written:], offset + written)
             except OSError as exc:
                 raise dest_error(exc, self.temp) from exc
+        self.verifier.feed(offset, view)
 
     def truncate(self, size: int) -> None:
         """Cut the temp file to ``size`` bytes: a whole-object stream that broke off
@@ -217,6 +218,7 @@ class PartFile:
             os.ftruncate(self.fd, size)
         except OSError as exc:
             raise dest_error(exc, self.temp) from exc
+        self.verifier.reset_digests()
 
     def written(self, index: int) -> None:
         """Part ``index`` is all on disk: extend the in-order digests over it."""
