@@ -5,7 +5,7 @@ and CLI flag (:class:`Flag`; the ``modelpull`` command builds its options from t
 fields). CLI flags, ``MODELPULL_*`` variables and the Python API all fill this same object;
 environment variables are read when :meth:`PullConfig.from_env` is called (or when a pull
 resolves a config: :func:`modelpull.resolve.resolve_config`), never at import.
-``docs/configuration.md`` is generated from these fields (``python -m modelpull.config``)
+``docs/configuration.md`` is generated from these fields (``python -m modelpull.configdoc``)
 and a test keeps the two in agreement.
 
 A config remembers which fields its caller set (:attr:`PullConfig.given`): the others
@@ -49,9 +49,7 @@ __all__ = [
     "Flag",
     "PullConfig",
     "VerifyMode",
-    "default_text",
     "known_env",
-    "reference_markdown",
     "warn_unknown_env",
 ]
 
@@ -445,43 +443,3 @@ def warn_unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
         hint = f"did you mean {suffixes[close[0]]}?" if close else "see docs/configuration.md"
         log.warning("%s is not a modelpull setting and is ignored; %s", name, hint)
     return unknown
-
-
-def default_text(f: dataclasses.Field[Any]) -> str:
-    """A field's default as the docs and ``--help`` show it: ``32MiB``, ``unset``, ``auto``."""
-    default = f.default
-    if isinstance(default, int) and not isinstance(default, bool) and default >= MiB:
-        return f"{default // MiB}MiB"
-    return "unset" if default is None else str(default).lower()
-
-
-def reference_markdown() -> str:
-    """The configuration reference, as kept in ``docs/configuration.md``."""
-    lines = [
-        "# Configuration reference",
-        "",
-        "Generated from `modelpull.config.PullConfig` by `reference_markdown()` in that module;",
-        "a test fails when this page and the code disagree.",
-        "",
-        "Precedence: CLI flag, then Python keyword, then the first environment variable set,",
-        "then the default. The CLI and the Python API apply it alike: a field left out of",
-        "`PullConfig(...)` takes the environment when the pull starts, as a flag left out does.",
-        "Sizes take `64MiB`, `8MB` or bytes; durations `30`, `30s`, `2m`. A `MODELPULL_*`",
-        "variable that names no setting is warned about, naming the closest one.",
-        "",
-        "| field | flag | default | unit | environment | meaning |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for f in dataclasses.fields(PullConfig):
-        flag: Flag | None = f.metadata["flag"]
-        shown = f"`{flag.name}`" if flag is not None else ""
-        envs = ", ".join(f"`{name}`" for name in f.metadata["env"])
-        lines.append(
-            f"| `{f.name}` | {shown} | {default_text(f)} | {f.metadata['unit']} | {envs} "
-            f"| {f.metadata['doc']} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    print(reference_markdown(), end="")

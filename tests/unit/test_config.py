@@ -13,10 +13,9 @@ from modelpull.config import (
     STORE_COMMANDS,
     Flag,
     PullConfig,
-    default_text,
     known_env,
-    reference_markdown,
 )
+from modelpull.configdoc import default_text, reference_markdown
 from modelpull.errors import UsageError
 from modelpull.observe.logs import setup_logging
 
@@ -24,7 +23,7 @@ DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
 
 
 def test_docs_match_code() -> None:
-    # Regenerate: python -c 'import modelpull.config as c; print(c.reference_markdown(), end="")'
+    # Regenerate: python -m modelpull.configdoc > docs/configuration.md
     assert DOCS.read_text(encoding="utf-8") == reference_markdown()
 
 

@@ -12,7 +12,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from modelpull.config import PULL_COMMANDS, STORE_COMMANDS, Flag, PullConfig, default_text
+from modelpull.config import PULL_COMMANDS, STORE_COMMANDS, Flag, PullConfig
+from modelpull.configdoc import default_text
 from modelpull.errors import UsageError
 from modelpull.observe.logs import LOG_FORMATS
 
