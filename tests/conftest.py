@@ -41,9 +41,10 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, _no_aws_files: Path) 
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(_no_aws_files / "credentials"))
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def restore_logger() -> Iterator[None]:
-    """The ``modelpull`` logger as it was, after a test that set up logging on it."""
+    """The ``modelpull`` logger as it was, after every test (some set up logging on it:
+    one left without propagation would hide later tests' records from ``caplog``)."""
     logger = logging.getLogger("modelpull")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     try:

@@ -109,7 +109,7 @@ def run_trial(target: Target, dest: Path) -> dict[str, Any]:
                 local,
                 count,
                 part_size=config.part_size,
-                task_num=config.concurrency,
+                task_num=config.start_concurrency,
             )
         seconds = time.monotonic() - started
     finally:

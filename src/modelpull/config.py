@@ -33,6 +33,7 @@ from modelpull.units import (
     parse_duration,
     parse_int,
     parse_opt_duration,
+    parse_opt_int,
     parse_opt_size,
     parse_opt_str,
     parse_size,
@@ -63,6 +64,9 @@ MiB = 1 << 20
 # README): throughput flattens past 16 streams, and 32 MiB parts keep the per-request
 # cost of signing and parsing under 1% while leaving enough parts to spread a shard.
 DEFAULT_CONCURRENCY = 16
+# Adaptive concurrency's ceiling: 64 buffers of 1 MiB bound memory, and 64 streams of
+# ~90 MB/s (S3's per-connection rate) fill a 40 Gb/s link.
+DEFAULT_MAX_CONCURRENCY = 64
 DEFAULT_PART_SIZE = 32 * MiB
 DEFAULT_IO_CHUNK_SIZE = 1 * MiB
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -190,13 +194,33 @@ class PullConfig:
         "buckets (the AWS CLI's `--no-sign-request`).",
         flag=Flag("--no-sign-request", None, STORE_COMMANDS),
     )
-    concurrency: int = _opt(
-        DEFAULT_CONCURRENCY,
+    concurrency: int | None = _opt(
+        None,
         env=("MODELPULL_CONCURRENCY",),
+        parse=parse_opt_int,
+        unit="requests",
+        doc="Requests in flight at once, across all files of the pull, pinned. Unset: "
+        "adaptive, from 16 up to `max_concurrency`: grows while throughput rises, backs "
+        "off when it stops or the store throttles (503 SlowDown, 429), then probes again.",
+        flag=Flag("--concurrency", "N", PULL_COMMANDS),
+    )
+    hedge: bool = _opt(
+        True,
+        env=("MODELPULL_HEDGE",),
+        parse=parse_bool,
+        unit="flag",
+        doc="Split a part far slower than its peers near the end of a pull: a fresh "
+        "request fetches its tail (extra egress under 5% of the pull).",
+        flag=Flag("--no-hedge", None, PULL_COMMANDS, help="never split a slow part"),
+    )
+    max_concurrency: int = _opt(
+        DEFAULT_MAX_CONCURRENCY,
+        env=("MODELPULL_MAX_CONCURRENCY",),
         parse=parse_int,
         unit="requests",
-        doc="Ranged GETs in flight at once, across all files of the pull.",
-        flag=Flag("--concurrency", "N", PULL_COMMANDS),
+        doc="Most requests adaptive concurrency keeps in flight (each holds one I/O buffer: "
+        "64 x 1MiB by default, the memory bound).",
+        flag=Flag("--max-concurrency", "N", PULL_COMMANDS),
     )
     part_size: int = _opt(
         DEFAULT_PART_SIZE,
@@ -346,8 +370,10 @@ class PullConfig:
     )
 
     def __post_init__(self) -> None:
-        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
-            raise UsageError(f"concurrency must be between 1 and {MAX_CONCURRENCY}")
+        for name in ("concurrency", "max_concurrency"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_CONCURRENCY:
+                raise UsageError(f"{name.replace('_', ' ')} must be 1 to {MAX_CONCURRENCY}")
         if self.part_size < MIN_PART_SIZE:
             raise UsageError("part size must be at least 1MiB")
         if not 4096 <= self.io_chunk_size <= self.part_size:
@@ -392,6 +418,21 @@ class PullConfig:
                     break
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def adaptive(self) -> bool:
+        """True when concurrency adapts to the link (``concurrency`` unset)."""
+        return self.concurrency is None
+
+    @property
+    def start_concurrency(self) -> int:
+        """Requests in flight at the start: the pinned number, else the default."""
+        return self.concurrency or min(DEFAULT_CONCURRENCY, self.max_concurrency)
+
+    @property
+    def most_concurrency(self) -> int:
+        """The most requests ever in flight at once: what connection pools are sized for."""
+        return self.concurrency or self.max_concurrency
 
     def describe(self) -> dict[str, Any]:
         """The effective settings as plain data, for reports (holds no secret)."""

@@ -29,7 +29,9 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
+from modelpull import hedge
 from modelpull.backends.base import Backend
+from modelpull.concurrency import Climber, Gate
 from modelpull.config import PullConfig
 from modelpull.errors import (
     InterruptedPullError,
@@ -39,19 +41,21 @@ from modelpull.errors import (
 )
 from modelpull.events import (
     BytesTransferred,
+    ConcurrencyChanged,
     Event,
     FileFailed,
     FileQueued,
     FileResumed,
     FileSkipped,
     FileVerified,
+    PartHedged,
     PartsRepaired,
 )
 from modelpull.fetch import Fetcher, Stopped
 from modelpull.files import bytes_in
 from modelpull.finish import Finishing
 from modelpull.hashing import PartValues
-from modelpull.jobs import Item as _Item
+from modelpull.jobs import Hedge, Work
 from modelpull.jobs import Job as _Job
 from modelpull.objects import RemoteFile
 from modelpull.partfile import PartFile
@@ -59,6 +63,7 @@ from modelpull.ratelimit import RateLimiter
 from modelpull.results import FileOutcome
 from modelpull.retry import RetryPolicy
 from modelpull.state import StateDir
+from modelpull.tally import dispatcher
 from modelpull.watch import POLL_SECONDS, Watchdog
 from modelpull.workqueue import WorkQueue
 
@@ -91,7 +96,11 @@ class Engine(Finishing):
         self._error_lock = threading.Lock()
         self._retry = retry if retry is not None else RetryPolicy.from_config(config)
         self._limiter = RateLimiter(config.max_bandwidth) if config.max_bandwidth else None
-        self._queue = WorkQueue[_Item](0)
+        self._queue = WorkQueue[Work](0)
+        self._gate = Gate(config.start_concurrency)
+        if config.adaptive:
+            climber = Climber(self._gate, config.max_concurrency, emit)
+            self._emit = dispatcher([climber, emit])
         # Halted on interruption, the deadline or the first permanent failure.
         self._given_watch = watch
         self._watch = watch or Watchdog.for_config(config, started=self._retry.started)
@@ -151,7 +160,10 @@ class Engine(Finishing):
         self._state.check_free_space([(j.path, j.obj.size) for j in jobs if not j.file.adoptable()])
         # Small files first: configs and tokenizers land early, shards keep workers busy.
         jobs.sort(key=lambda j: (j.obj.size, j.path))
-        self._queue = WorkQueue[_Item](len(jobs))
+        self._jobs = {job.path: job for job in jobs}
+        self._queue = WorkQueue[Work](len(jobs))
+        total = sum(job.obj.size for job in jobs)
+        self._hedges = hedge.budget(total, self._config.io_chunk_size) if self._config.hedge else 0
         for job in jobs:
             parts = len(job.file.parts)
             self._emit(FileQueued(path=job.path, size=job.obj.size, parts=parts))
@@ -165,9 +177,10 @@ class Engine(Finishing):
 
     def _work(self, jobs: Sequence[_Job]) -> None:
         total_parts = sum(len(job.file.parts) for job in jobs)
+        self._emit(ConcurrencyChanged(limit=self._gate.limit))
         workers = [
             threading.Thread(target=self._worker, name=f"modelpull-{i}", daemon=True)
-            for i in range(min(self._config.concurrency, total_parts))
+            for i in range(min(self._config.most_concurrency, total_parts))
         ]
         for thread in workers:
             thread.start()
@@ -177,6 +190,7 @@ class Engine(Finishing):
                 # deadline.
                 while thread.is_alive() and not self._watch.expired:
                     thread.join(POLL_SECONDS)
+                    self._hedge()
         except KeyboardInterrupt as exc:
             self._wind_down(workers, jobs)
             raise InterruptedPullError(
@@ -200,29 +214,62 @@ class Engine(Finishing):
         self._close_all(jobs)
 
     def _worker(self) -> None:
-        buffer = memoryview(bytearray(self._config.io_chunk_size))
-        while (item := self._queue.get()) is not None:
-            job, generation, index = item
+        buffer: memoryview | None = None  # made once this worker is first let through
+        while self._gate.enter(self._watch.halted):
             try:
-                if not self._begin_part(job, generation, index):
-                    continue
-                values: PartValues | None = None
-                try:
-                    values = self._fetcher.part(job.file, index, buffer)
-                finally:
-                    self._end_part(job, generation, index, values)
+                item = self._queue.get()
+                if item is None:
+                    return
+                if buffer is None:
+                    buffer = memoryview(bytearray(self._config.io_chunk_size))
+                self._item(item, buffer)
+            finally:
+                self._gate.leave()
+
+    def _hedge(self) -> None:
+        """Split the parts far slower than their peers, while workers are idle."""
+        idle = min(self._queue.idle, self._hedges)
+        if idle <= 0:
+            return
+        spans = self._fetcher.spans()
+        now = time.monotonic()
+        chunk = self._config.io_chunk_size
+        picked = hedge.choose(spans, self._fetcher.recent.values(), now, idle, chunk)
+        for span, split in picked:
+            job = self._jobs.get(span.path)
+            if job is None or not span.shorten(split, chunk):
+                continue
+            self._hedges -= 1
+            self._emit(PartHedged(span.path, span.index, span.full_end - split))
+            self._queue.put([Hedge(job.file, span)], front=True)
+
+    def _item(self, item: Work, buffer: memoryview) -> None:
+        """One queued part: open its file if need be, fetch it, record it; failures end
+        the file (or start it over), never the worker."""
+        if isinstance(item, Hedge):
+            self._fetcher.tail(item.file, item.span, buffer)
+            return
+        job, generation, index = item
+        try:
+            if not self._begin_part(job, generation, index):
+                return
+            values: PartValues | None = None
+            try:
+                values = self._fetcher.part(job.file, index, buffer)
+            finally:
+                self._end_part(job, generation, index, values)
+        except Stopped:
+            pass
+        except BaseException as exc:  # reported to the main thread, never lost
+            try:
+                if _ignores_range(exc) and self._fall_back(job, generation, index, exc):
+                    return
+                if not (isinstance(exc, ObjectChangedError) and self._restart(job, exc)):
+                    self._fail(job, exc)
             except Stopped:
                 pass
-            except BaseException as exc:  # reported to the main thread, never lost
-                try:
-                    if _ignores_range(exc) and self._fall_back(job, generation, index, exc):
-                        continue
-                    if not (isinstance(exc, ObjectChangedError) and self._restart(job, exc)):
-                        self._fail(job, exc)
-                except Stopped:
-                    pass
-                except BaseException as again:
-                    self._fail(job, again)
+            except BaseException as again:
+                self._fail(job, again)
 
     def _begin_part(self, job: _Job, generation: int, index: int) -> bool:
         with job.mutex:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "BytesTransferred",
+    "ConcurrencyChanged",
     "Event",
     "FileDone",
     "FileFailed",
@@ -20,6 +21,7 @@ __all__ = [
     "FileSkipped",
     "FileVerified",
     "Observer",
+    "PartHedged",
     "PartRetried",
     "PartsRepaired",
     "PullFinished",
@@ -116,6 +118,24 @@ class PartsRepaired:
 
 
 @dataclass(frozen=True, slots=True)
+class PartHedged:
+    """Part ``index`` of ``path`` was far slower than its peers: a fresh request fetches
+    its last ``bytes`` (see :mod:`modelpull.hedge`)."""
+
+    path: str
+    index: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyChanged:
+    """The number of requests allowed in flight is now ``limit`` (set at the start, then
+    moved by adaptive concurrency)."""
+
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class FileVerified:
     """A checksum of ``kind`` (crc64ecma, crc32c, md5, size, ...) matched."""
 
@@ -154,6 +174,8 @@ Event = (
     | RequestFinished
     | PartRetried
     | PartsRepaired
+    | ConcurrencyChanged
+    | PartHedged
     | FileVerified
     | FileDone
     | FileFailed

@@ -12,15 +12,19 @@ ignores ``Range`` (:attr:`Fetcher.whole`): then it starts the object over.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from modelpull.backends.base import Backend, RangeResult
+from modelpull.checksums import CRC_KINDS
 from modelpull.errors import ModelPullError, StoreError
 from modelpull.events import BytesTransferred, Event, RequestFinished, RequestStarted
-from modelpull.hashing import PartValues
+from modelpull.hashing import PartHasher, PartValues
+from modelpull.hedge import Recent, Span
 from modelpull.objects import Layout, ObjectInfo
 from modelpull.partfile import PartFile
 from modelpull.ratelimit import RateLimiter
@@ -56,6 +60,9 @@ class Fetcher:
         # The store ignores Range: a part is the whole object, sent without one, and an
         # attempt cannot resume where another broke off.
         self.whole = False
+        self.recent = Recent()  # rates of the last parts done, for hedging
+        self._spans: dict[tuple[str, int], Span] = {}
+        self._spans_lock = threading.Lock()
 
     def head(self, key: str) -> ObjectInfo:
         """Size, ETag and checksums of one object, retried."""
@@ -93,48 +100,119 @@ class Fetcher:
 
         return self._retry.call(request, on_retry=retry_events(self._emit), stop=self._stop)
 
+    def spans(self) -> list[Span]:
+        """The parts in flight now that a hedge may split."""
+        with self._spans_lock:
+            return list(self._spans.values())
+
     def part(self, pf: PartFile, index: int, buffer: memoryview) -> PartValues:
-        """Part ``index`` of ``pf`` from the store into its temp file; its values."""
+        """Part ``index`` of ``pf`` from the store into its temp file; its values.
+
+        Its tail may be handed to a hedge (:mod:`modelpull.hedge`) while it runs; then
+        the part's values combine this request's and the hedge's.
+        """
         start, end = pf.parts[index]
+        span = Span(pf.path, index, start, end)
+        hedgeable = pf.verifier.splittable and not self.whole
+        if hedgeable:
+            with self._spans_lock:
+                self._spans[(pf.path, index)] = span
+        try:
+            hasher = self._range(pf, span, lambda: pf.hasher(index), buffer)
+            while span.hedged:
+                span.tail_done.wait(0.2)
+                if self._stop.is_set():
+                    raise Stopped
+                if span.tail_done.is_set() and span.tail is None:
+                    span.take_back()  # the hedge failed: fetch the tail here after all
+                    hasher = self._range(pf, span, functools.partial(_same, hasher), buffer)
+                if span.tail_done.is_set():
+                    break
+        finally:
+            if hedgeable:
+                with self._spans_lock:
+                    self._spans.pop((pf.path, index), None)
+        self.recent.add(span.rate(time.monotonic()))
+        pf.written(index)
+        values = hasher.values()
+        if span.hedged and span.tail is not None:
+            values = joined(values, span.tail, end - span.end)
+        return values
+
+    def tail(self, pf: PartFile, span: Span, buffer: memoryview) -> None:
+        """A hedge: ``[span.end, span.full_end)`` on a fresh connection, for ``span``'s
+        own request to combine; a failure leaves the range to that request."""
+        tail = Span(span.path, span.index, span.end, span.full_end)
+        try:
+            hasher = self._range(pf, tail, pf.verifier.crc_hasher, buffer)
+            span.tail = hasher.values()
+        except Exception as exc:  # the part's own request fetches the range instead
+            log.info("%s: hedge of part %d gave up (%s)", span.path, span.index, exc)
+        finally:
+            span.tail_done.set()
+
+    def _range(
+        self,
+        pf: PartFile,
+        span: Span,
+        new_hasher: Callable[[], PartHasher],
+        buffer: memoryview,
+    ) -> PartHasher:
+        """``[span.offset, span.end)`` into ``pf``, under the retry policy; its hasher.
+
+        ``span.end`` may move earlier meanwhile (a hedge took the rest): each write is
+        cut at it, under the span's lock, so no byte is written by two requests.
+        """
         obj = pf.obj
         emit, path, stop, limiter = self._emit, pf.path, self._stop, self._limiter
         write = pf.write
-        hasher = pf.hasher(index)
-        offset = start
+        hasher = new_hasher()
         watch = self._watch
+        start = span.offset
 
         def sink(view: memoryview) -> None:
-            nonlocal offset
             flight = current()
             assert flight is not None
-            n = len(view)
             if limiter is not None:
                 with flight.busy():
-                    limiter.take(n, stop)
-            # Refused once the flight is aborted: no byte of an abandoned response lands.
-            with flight.writing():
-                write(view, offset)
-            hasher.update(view)
-            offset += n
-            emit(BytesTransferred(path=path, bytes=n))
+                    limiter.take(len(view), stop)
+            with span.lock:
+                view = view[: max(0, span.end - span.offset)]
+                n = len(view)
+                # Refused once the flight is aborted: no byte of an abandoned response lands.
+                with flight.writing():
+                    write(view, span.offset)
+                hasher.update(view)
+                span.offset += n
+                done = span.offset >= span.end
+            if n:
+                emit(BytesTransferred(path=path, bytes=n))
+            if done and span.end < span.full_end:
+                raise _Shortened  # a hedge fetches the rest: this request ends here
 
-        def request() -> RangeResult:
-            nonlocal offset, hasher
-            if self.whole and offset > start == 0 and end == obj.size:
+        def request() -> RangeResult | None:
+            nonlocal hasher
+            if self.whole and span.offset > start == 0 and span.full_end == obj.size:
                 # Asking for the rest of the object would need Range: start it over.
                 pf.truncate(start)
-                emit(BytesTransferred(path=path, bytes=start - offset))
-                offset, hasher = start, pf.hasher(index)
-            with watch.request(path, "GET"):
-                return self._backend.read_range(obj, self._bucket, offset, end, buffer, sink)
+                emit(BytesTransferred(path=path, bytes=start - span.offset))
+                span.offset, hasher = start, new_hasher()
+            if span.offset >= span.end:
+                return None
+            try:
+                with watch.request(path, "GET"):
+                    return self._backend.read_range(
+                        obj, self._bucket, span.offset, span.end, buffer, sink
+                    )
+            except _Shortened:
+                return None
 
-        self._attempts(path, request, lambda: offset)
-        pf.written(index)
-        return hasher.values()
+        self._attempts(path, request, lambda: span.offset)
+        return hasher
 
     def _attempts(
-        self, path: str, request: Callable[[], RangeResult], received: Callable[[], int]
-    ) -> RangeResult:
+        self, path: str, request: Callable[[], RangeResult | None], received: Callable[[], int]
+    ) -> RangeResult | None:
         """``request()`` under the retry policy, each attempt reported as request events.
 
         ``received()`` tells how far the transfer got: bytes written by a failed attempt
@@ -142,7 +220,7 @@ class Fetcher:
         """
         emit = self._emit
 
-        def attempt() -> RangeResult:
+        def attempt() -> RangeResult | None:
             emit(RequestStarted(path=path, method="GET"))
             began, before = time.monotonic(), received()
             try:
@@ -152,8 +230,11 @@ class Fetcher:
                 emit(RequestFinished(path, "GET", status_of(exc), None, seconds, done))
                 raise
             seconds, done = time.monotonic() - began, received() - before
-            status, ttfb = str(result.status), result.first_byte_seconds
-            emit(RequestFinished(path, "GET", status, ttfb, seconds, done))
+            if result is None:  # ended early, its tail hedged: it read what it had to
+                emit(RequestFinished(path, "GET", "hedged", None, seconds, done))
+            else:
+                status, ttfb = str(result.status), result.first_byte_seconds
+                emit(RequestFinished(path, "GET", status, ttfb, seconds, done))
             return result
 
         try:
@@ -164,6 +245,24 @@ class Fetcher:
             if self._stop.is_set():
                 raise Stopped from None
             raise
+
+
+def _same(hasher: PartHasher) -> PartHasher:
+    """Go on with ``hasher``: the request continues a piece already hashed."""
+    return hasher
+
+
+class _Shortened(Exception):
+    """A request reached the earlier end a hedge gave it: it ends, successfully, here."""
+
+
+def joined(head: PartValues, tail: PartValues, tail_length: int) -> PartValues:
+    """The CRCs of a part from those of its head and of its hedged tail."""
+    crcs = {
+        name: CRC_KINDS[name].combine(value, tail.crcs[name], tail_length)
+        for name, value in head.crcs.items()
+    }
+    return PartValues(crcs=crcs)
 
 
 def status_of(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ from modelpull.events import (
 )
 from modelpull.fetch import Fetcher
 from modelpull.integrity import needs_layout
-from modelpull.jobs import Item, Job
+from modelpull.jobs import Job, Work
 from modelpull.objects import Layout, ObjectInfo
 from modelpull.results import FileOutcome
 from modelpull.workqueue import WorkQueue
@@ -47,7 +47,7 @@ class Finishing:
     _config: PullConfig
     _emit: Callable[[Event], None]
     _fetcher: Fetcher
-    _queue: WorkQueue[Item]
+    _queue: WorkQueue[Work]
 
     def _restart_whole(self, job: Job) -> None:
         """Start ``job`` over as one whole-object part (a store that ignores ``Range``)."""

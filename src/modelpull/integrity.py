@@ -233,6 +233,16 @@ class Verifier:
         self._pieces = _pieces_of(self.parts, sizes)
         return self.parts
 
+    @property
+    def splittable(self) -> bool:
+        """A part may be fetched in two pieces (a hedged tail): no check hashes its upload
+        parts in order, so the pieces' CRCs combine into the part's."""
+        return not self._segment_kinds
+
+    def crc_hasher(self) -> PartHasher:
+        """A hasher of the CRC kinds only, for a piece of a part."""
+        return PartHasher(self._crc_kinds)
+
     def hasher(self, index: int) -> PartHasher:
         """A fresh hasher for part ``index`` (as split by :meth:`split`)."""
         return PartHasher(self._crc_kinds, self._segment_kinds, self._pieces[index])

@@ -10,11 +10,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from modelpull.hedge import Span
 from modelpull.objects import Layout, ObjectInfo
 from modelpull.partfile import PartFile
 from modelpull.results import FileOutcome
 
-__all__ = ["Item", "Job"]
+__all__ = ["Hedge", "Item", "Job", "Work"]
 
 
 @dataclass(eq=False)
@@ -47,3 +48,15 @@ class Job:
 
 
 Item = tuple[Job, int, int]  # job, generation, part index
+
+
+@dataclass(frozen=True, eq=False)
+class Hedge:
+    """A queued hedge: fetch the tail of ``span``, a part of ``file`` (see
+    :mod:`modelpull.hedge`)."""
+
+    file: PartFile
+    span: Span
+
+
+Work = Item | Hedge  # what the engine's queue holds

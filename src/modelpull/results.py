@@ -54,6 +54,11 @@ class PullResult:
     checksums_verified: dict[str, int] = field(default_factory=dict)
     bytes_resumed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    # The most requests allowed in flight at once: the pinned number, or as high as
+    # adaptive concurrency climbed.
+    concurrency: int = 0
+    # Parts whose tail a fresh request fetched, being far slower than their peers.
+    hedges: int = 0
 
     @property
     def files_adopted(self) -> int:
@@ -84,6 +89,8 @@ class PullResult:
             "bytes_resumed": self.bytes_resumed,
             "files_adopted": self.files_adopted,
             "parts_repaired": self.parts_repaired,
+            "concurrency": self.concurrency,
+            "hedges": self.hedges,
             "retries": dict(self.retries),
             "checksums_verified": dict(self.checksums_verified),
             "files": [_file_dict(f) for f in self.files],

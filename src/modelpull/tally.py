@@ -13,10 +13,12 @@ from typing import Any
 
 from modelpull.events import (
     BytesTransferred,
+    ConcurrencyChanged,
     Event,
     FileResumed,
     FileVerified,
     Observer,
+    PartHedged,
     PartRetried,
 )
 from modelpull.results import FileOutcome
@@ -34,6 +36,8 @@ class Tally:
         self.resumed = 0
         self.retries: Counter[str] = Counter()
         self.verified: Counter[str] = Counter()
+        self.concurrency = 0  # the most requests allowed in flight at once
+        self.hedges = 0
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
@@ -47,6 +51,12 @@ class Tally:
         elif isinstance(event, FileVerified):
             with self._lock:
                 self.verified[event.kind] += 1
+        elif isinstance(event, PartHedged):
+            with self._lock:
+                self.hedges += 1
+        elif isinstance(event, ConcurrencyChanged):
+            with self._lock:
+                self.concurrency = max(self.concurrency, event.limit)
         elif isinstance(event, FileResumed):
             with self._lock:
                 self.resumed += event.bytes
@@ -64,6 +74,8 @@ def report(tally: Tally, outcomes: Sequence[FileOutcome], seconds: float) -> dic
         "retries": dict(tally.retries),
         "checksums_verified": dict(tally.verified),
         "bytes_resumed": tally.resumed,
+        "concurrency": tally.concurrency,
+        "hedges": tally.hedges,
     }
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "parse_duration",
     "parse_int",
     "parse_opt_duration",
+    "parse_opt_int",
     "parse_opt_size",
     "parse_opt_str",
     "parse_size",
@@ -92,6 +93,10 @@ def parse_int(text: str) -> int:
         return int(text)
     except ValueError:
         raise UsageError(f"invalid integer {text!r}") from None
+
+
+def parse_opt_int(text: str) -> int | None:
+    return parse_int(text) if text.strip() else None
 
 
 def parse_opt_str(text: str) -> str | None:

@@ -115,7 +115,7 @@ def verify(
         with Watchdog.for_config(cfg, started=policy.started) as watch:
             fetcher = Fetcher(target.backend, target.bucket, _ignore, policy, watch)
             check = _checker(StateDir(folder), cfg, fetcher)
-            workers = max(1, min(MAX_READERS, cfg.concurrency, len(files)))
+            workers = max(1, min(MAX_READERS, cfg.start_concurrency, len(files)))
             with concurrent.futures.ThreadPoolExecutor(workers, "modelpull-verify") as pool:
                 verdicts = list(pool.map(check, files))
     return VerifyResult(

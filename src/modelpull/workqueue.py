@@ -24,6 +24,7 @@ class WorkQueue(Generic[T]):
         self._cond = threading.Condition()
         self._open_jobs = open_jobs
         self._closed = False
+        self._waiting = 0  # workers blocked in get() with nothing to hand them
 
     def put(self, items: Sequence[T], *, front: bool = False) -> None:
         with self._cond:
@@ -37,8 +38,18 @@ class WorkQueue(Generic[T]):
         """The next item; ``None`` once closed, or once empty with every job ended."""
         with self._cond:
             while not self._items and self._open_jobs > 0 and not self._closed:
-                self._cond.wait()
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
             return self._items.popleft() if self._items and not self._closed else None
+
+    @property
+    def idle(self) -> int:
+        """Workers waiting for an item while none is queued: spare hands for a hedge."""
+        with self._cond:
+            return self._waiting if not self._items else 0
 
     def job_ended(self) -> None:
         with self._cond:

@@ -218,7 +218,7 @@ TOS_URI = parse_uri("tos://bucket/models/llama/")
         (ab.DownloaderSettings(endpoint="http://minio:9000"), "endpoint_url", "http://minio:9000"),
         (ab.DownloaderSettings(region="eu-west-1"), "region", "eu-west-1"),
         (ab.DownloaderSettings(), "addressing_style", "virtual"),
-        (ab.DownloaderSettings(), "concurrency", DEFAULT_CONCURRENCY),
+        (ab.DownloaderSettings(), "start_concurrency", DEFAULT_CONCURRENCY),
     ],
 )
 def test_aibrix_settings_map_to_fields(

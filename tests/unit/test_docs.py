@@ -13,6 +13,7 @@ from modelpull.events import (
     Event,
     FileVerified,
     PartRetried,
+    PartsRepaired,
     PullFinished,
     RequestFinished,
 )
@@ -59,6 +60,7 @@ def registered_metrics() -> dict[str, tuple[str, frozenset[str]]]:
         ),
         PartRetried(path="a", reason="503", attempt=1, delay=0.0),
         FileVerified(path="a", kind="md5"),
+        PartsRepaired(path="a", parts=1, bytes=1, reason="resume"),
         PullFinished(files=1, bytes=1, seconds=1.0, ok=True),
     ]
     for event in events:

@@ -212,7 +212,7 @@ class Boto3Backend(RangedGetBackend):
         if config.no_sign_request:
             credentials = None
         botocore_config = Config(
-            max_pool_connections=config.concurrency + 4,
+            max_pool_connections=config.most_concurrency + 4,
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
             retries={"total_max_attempts": 1},

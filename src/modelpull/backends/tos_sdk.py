@@ -185,7 +185,7 @@ class TosSdkBackend(RangedGetBackend):
                 region=region,
                 is_custom_domain=custom,
                 max_retry_count=0,
-                max_connections=config.concurrency + 4,
+                max_connections=config.most_concurrency + 4,
                 enable_crc=False,
                 connection_time=config.connect_timeout,
                 socket_timeout=config.read_timeout,

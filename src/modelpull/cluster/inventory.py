@@ -42,7 +42,7 @@ def make_plan(
             fresh = policy.call(lambda: backend.head(uri.bucket, f.obj.key), on_retry=on_retry)
             return RemoteFile(obj=fresh, path=f.path)
 
-        workers = max(1, min(config.concurrency, len(files)))
+        workers = max(1, min(config.start_concurrency, len(files)))
         with concurrent.futures.ThreadPoolExecutor(workers, "modelpull-head") as pool:
             files = list(pool.map(head, files))
     return ClusterPlan(uri.bucket, config.part_size, tuple(files))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelpull.compat import CompatWarning
-from modelpull.config import MAX_CONCURRENCY, MIN_PART_SIZE, PullConfig
+from modelpull.config import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, MIN_PART_SIZE, PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import UsageError
 from modelpull.resolve import TOS_ENV, credentials_from_env, resolve_config
@@ -200,7 +200,7 @@ def from_sdk(environ: Mapping[str, str] | None = None, **kwargs: Any) -> SdkSett
         # Each request in flight holds one connection, so a cap on connections is a cap
         # on requests in flight; botocore's pool is then sized from it.
         cap = max(1, int(_number("max_connections", given["max_connections"])))
-        base = concurrency if concurrency is not None else PullConfig().concurrency
+        base = concurrency if concurrency is not None else DEFAULT_CONCURRENCY
         concurrency = min(base, cap, MAX_CONCURRENCY)
     if concurrency is not None:
         values["concurrency"] = concurrency
@@ -233,7 +233,7 @@ def from_sdk(environ: Mapping[str, str] | None = None, **kwargs: Any) -> SdkSett
         values["ca_bundle"] = str(given["ca_crt"])
 
     config = resolve_config("tos", overrides=values, environ=environ)
-    bandwidth = _bandwidth(given, config.concurrency)
+    bandwidth = _bandwidth(given, config.start_concurrency)
     if bandwidth is not None:
         config = dataclasses.replace(config, max_bandwidth=bandwidth)
     return SdkSettings(config=config, credentials=_sdk_credentials(given, environ))

@@ -21,13 +21,16 @@ from typing import Any
 from modelpull.errors import BackendUnavailableError, IntegrityError
 from modelpull.events import (
     BytesTransferred,
+    ConcurrencyChanged,
     Event,
     FileDone,
     FileFailed,
     FileResumed,
     FileSkipped,
     FileVerified,
+    PartHedged,
     PartRetried,
+    PartsRepaired,
     PullFinished,
     PullStarted,
     RequestFinished,
@@ -177,6 +180,18 @@ class _Metrics:
             buckets=FILE_BUCKETS,
         )
         self.inflight = gauge("modelpull_inflight_requests", "Requests to the store in flight now.")
+        self.concurrency = gauge(
+            "modelpull_concurrency_limit",
+            "Requests allowed in flight now: pinned, or as adaptive concurrency set it.",
+        )
+        self.hedges = counter(
+            "modelpull_hedged_parts", "Parts whose tail a fresh request fetched (far slower)."
+        )
+        self.repaired = counter(
+            "modelpull_parts_repaired",
+            "Parts fetched again after failing a check, by reason (resume, integrity).",
+            "reason",
+        )
         self.planned_files = gauge(
             "modelpull_planned_files", "Files the pull covers, already complete ones included."
         )
@@ -241,6 +256,8 @@ class MetricsObserver:
         self._integrity = m.integrity.labels(*labels)
         self._file_seconds = m.file_seconds.labels(*labels)
         self._inflight = m.inflight.labels(*labels)
+        self._concurrency = m.concurrency.labels(*labels)
+        self._hedges = m.hedges.labels(*labels)
         self._planned_files = m.planned_files.labels(*labels)
         self._planned_bytes = m.planned_bytes.labels(*labels)
         self._children: dict[tuple[int | str, ...], Any] = {}
@@ -290,6 +307,12 @@ class MetricsObserver:
                 self._files_failed.inc()
                 if isinstance(event.error, IntegrityError):
                     self._integrity.inc()
+            case ConcurrencyChanged():
+                self._concurrency.set(event.limit)
+            case PartHedged():
+                self._hedges.inc()
+            case PartsRepaired():
+                self._child(m.repaired, event.reason).inc(event.parts)
             case PullStarted():
                 self._planned_files.set(event.files)
                 self._planned_bytes.set(event.bytes)
