@@ -303,7 +303,12 @@ class Engine(Finishing):
                 self._skip(job, "skipped")
                 return
             log.warning("%s changed on disk since it was pulled: checking it", job.path)
-        if self._config.verify != "off":
+        # A file of one part costs one GET: its answer brings the checksums a HEAD would
+        # (pf.learn), and If-Match sees a replaced object. A file already in DEST needs
+        # them before anything is fetched (to adopt it), a multi-part one before its
+        # parts are planned.
+        one_get = len(pf.parts) == 1 and job.wanted is None and not pf.adoptable()
+        if self._config.verify != "off" and not one_get:
             # HEAD asks for the checksums a listing lacks, and sees a replaced object.
             fresh = self._fetcher.head(job.obj.key)
             if job.wanted is not None and fresh.etag != job.obj.etag:
@@ -325,6 +330,7 @@ class Engine(Finishing):
                 self._skip(job, "adopted", verified)
                 return
         pf.open(layout)
+        pf.headless = one_get and self._config.verify != "off"
         if pf.repaired:
             undone = bytes_in(pf.parts, pf.repaired)
             self._emit(PartsRepaired(job.path, len(pf.repaired), undone, "resume"))

@@ -118,14 +118,14 @@ class Fetcher:
             with self._spans_lock:
                 self._spans[(pf.path, index)] = span
         try:
-            hasher = self._range(pf, span, lambda: pf.hasher(index), buffer)
+            hasher, answer = self._range(pf, span, lambda: pf.hasher(index), buffer)
             while span.hedged:
                 span.tail_done.wait(0.2)
                 if self._stop.is_set():
                     raise Stopped
                 if span.tail_done.is_set() and span.tail is None:
                     span.take_back()  # the hedge failed: fetch the tail here after all
-                    hasher = self._range(pf, span, functools.partial(_same, hasher), buffer)
+                    hasher, _ = self._range(pf, span, functools.partial(_same, hasher), buffer)
                 if span.tail_done.is_set():
                     break
         finally:
@@ -137,6 +137,8 @@ class Fetcher:
         values = hasher.values()
         if span.hedged and span.tail is not None:
             values = joined(values, span.tail, end - span.end)
+        if answer is not None and pf.learn(answer.checksums, answer.checksum_type):
+            values = pf.reread(index)  # for the checks the answer brought
         return values
 
     def tail(self, pf: PartFile, span: Span, buffer: memoryview) -> None:
@@ -144,7 +146,7 @@ class Fetcher:
         own request to combine; a failure leaves the range to that request."""
         tail = Span(span.path, span.index, span.end, span.full_end)
         try:
-            hasher = self._range(pf, tail, pf.verifier.crc_hasher, buffer)
+            hasher, _ = self._range(pf, tail, pf.verifier.crc_hasher, buffer)
             span.tail = hasher.values()
         except Exception as exc:  # the part's own request fetches the range instead
             log.info("%s: hedge of part %d gave up (%s)", span.path, span.index, exc)
@@ -157,8 +159,9 @@ class Fetcher:
         span: Span,
         new_hasher: Callable[[], PartHasher],
         buffer: memoryview,
-    ) -> PartHasher:
-        """``[span.offset, span.end)`` into ``pf``, under the retry policy; its hasher.
+    ) -> tuple[PartHasher, RangeResult | None]:
+        """``[span.offset, span.end)`` into ``pf``, under the retry policy; its hasher and
+        the last answer (``None`` when a hedge ended it early).
 
         ``span.end`` may move earlier meanwhile (a hedge took the rest): each write is
         cut at it, under the span's lock, so no byte is written by two requests.
@@ -207,8 +210,8 @@ class Fetcher:
             except _Shortened:
                 return None
 
-        self._attempts(path, request, lambda: span.offset)
-        return hasher
+        answer = self._attempts(path, request, lambda: span.offset)
+        return hasher, answer
 
     def _attempts(
         self, path: str, request: Callable[[], RangeResult | None], received: Callable[[], int]

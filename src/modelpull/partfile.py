@@ -30,11 +30,12 @@ way bytes reach it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from filelock import FileLock, Timeout
 
@@ -78,6 +79,8 @@ class PartFile:
         self.values: dict[int, PartValues] = {}
         self.resumed_bytes = 0
         self.repaired: set[int] = set()  # parts a resumed journal listed that failed
+        # Opened without a HEAD: the checksums come with the GET's answer (learn()).
+        self.headless = False
         self.started = 0.0
         self._lock: FileLock | None = None
 
@@ -224,6 +227,26 @@ class PartFile:
         """Part ``index`` is all on disk: extend the in-order digests over it."""
         assert self.fd is not None
         self.verifier.part_done(index, self.fd)
+
+    def learn(self, checksums: Mapping[str, str], checksum_type: str | None) -> bool:
+        """The checksums a GET of the whole object answered with, for a file opened
+        without a HEAD: from now on they are checked. ``True`` when that changed the checks
+        (the part's values must then be computed again, :meth:`reread`)."""
+        if not self.headless or not checksums:
+            return False
+        self.headless = False
+        self.obj = dataclasses.replace(
+            self.obj, checksums=dict(checksums), checksum_type=checksum_type
+        )
+        self.verifier = Verifier(self.path, self.obj, self._config.verify)
+        self.verifier.split(self._config.part_size)
+        return True
+
+    def reread(self, index: int) -> PartValues:
+        """Part ``index``'s values, from its bytes on disk."""
+        assert self.fd is not None
+        buffer = memoryview(bytearray(min(self._config.io_chunk_size, 4 << 20)))
+        return self.verifier.values_from_disk(self.fd, index, buffer)
 
     def record(self, index: int, values: PartValues, *, save: bool = True) -> None:
         """Note part ``index`` as written, with its values; ``save`` the journal to disk."""
