@@ -79,6 +79,7 @@ class PartFile:
         self.values: dict[int, PartValues] = {}
         self.resumed_bytes = 0
         self.repaired: set[int] = set()  # parts a resumed journal listed that failed
+        self._journal_on_disk = False  # a journal was loaded or saved: remove it at the end
         # Opened without a HEAD: the checksums come with the GET's answer (learn()).
         self.headless = False
         self.started = 0.0
@@ -115,24 +116,32 @@ class PartFile:
 
     # -- 2. the temp file -------------------------------------------------------------
 
-    def open(self, layout: Layout | None = None, *, create: bool = True) -> bool:
+    def open(
+        self, layout: Layout | None = None, *, create: bool = True, resume: bool = True
+    ) -> bool:
         """Open the temp file, resuming the parts its journal lists for this object.
 
         ``layout`` is the object's upload layout, for composite checks. Without a usable
         journal the file is started empty and preallocated, unless ``create`` is false:
-        then nothing is opened and the result is ``False``.
+        then nothing is opened and the result is ``False``. Without ``resume`` (a file
+        fetched in one request keeps no journal) no journal is looked for.
         """
         self.verifier = Verifier(self.path, self.obj, self._config.verify, layout)
         self.parts = self.verifier.split(self._config.part_size)
         self.started = time.monotonic()
-        journal = Journal.load(
-            self._journal_path,
-            self.obj,
-            self._config.part_size,
-            len(self.parts),
-            self.temp,
-            dest=self._state.dest,
+        journal = (
+            Journal.load(
+                self._journal_path,
+                self.obj,
+                self._config.part_size,
+                len(self.parts),
+                self.temp,
+                dest=self._state.dest,
+            )
+            if resume
+            else None
         )
+        self._journal_on_disk = journal is not None
         if journal is None and not create:
             return False
         try:
@@ -140,14 +149,14 @@ class PartFile:
             self.fd = safefs.open_file(self._state.dest, self.temp, flags, key=self.obj.key)
             if journal is None:
                 preallocate(self.fd, self.obj.size)
-            self.journal = journal if journal is not None else self._new_journal()
+            self.journal = journal if journal is not None else self._new_journal(resume)
             self._recheck()
         except OSError as exc:
             raise dest_error(exc, self.temp) from exc
         self.resumed_bytes = bytes_in(self.parts, self.done)
         return True
 
-    def _new_journal(self) -> Journal:
+    def _new_journal(self, on_disk: bool = True) -> Journal:
         journal = Journal(
             self._journal_path,
             self.obj.etag,
@@ -155,7 +164,8 @@ class PartFile:
             self._config.part_size,
             dest=self._state.dest,
         )
-        journal.remove()  # one left by another version of the object
+        if on_disk:
+            journal.remove()  # one left by another version of the object
         return journal
 
     def _recheck(self) -> None:
@@ -260,6 +270,7 @@ class PartFile:
                 except OSError as exc:
                     raise dest_error(exc, self.temp) from exc
             self.journal.save()
+            self._journal_on_disk = True
 
     # -- 4. ending --------------------------------------------------------------------
 
@@ -306,7 +317,8 @@ class PartFile:
             self._record(verified, whole_crc(self.parts, self.values), placed.st_mtime_ns)
         except OSError as exc:
             raise dest_error(exc, self.final) from exc
-        self.journal.remove()
+        if self._journal_on_disk:
+            self.journal.remove()
 
     def _record(self, verified: Sequence[str], crc32c: int, mtime_ns: int) -> None:
         obj = self.obj

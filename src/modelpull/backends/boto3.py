@@ -228,6 +228,11 @@ class Boto3Backend(RangedGetBackend):
             try:
                 # botocore's session directly: boto3's own layer adds only import time here.
                 session = botocore.session.Session(profile=config.profile)
+                # No field modelpull reads is a timestamp, and parsing them (LastModified on
+                # every GET and every listed key) costs more than the rest of the answer.
+                session.get_component("response_parser_factory").set_parser_defaults(
+                    timestamp_parser=str
+                )
                 self._client = session.create_client(
                     "s3",
                     endpoint_url=endpoint,
