@@ -329,7 +329,7 @@ class Engine(Finishing):
                     self._emit(FileVerified(path=job.path, kind=kind))
                 self._skip(job, "adopted", verified)
                 return
-        pf.open(layout, resume=not one_get)
+        pf.open(layout)
         pf.headless = one_get and self._config.verify != "off"
         if pf.repaired:
             undone = bytes_in(pf.parts, pf.repaired)

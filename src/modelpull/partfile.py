@@ -116,30 +116,23 @@ class PartFile:
 
     # -- 2. the temp file -------------------------------------------------------------
 
-    def open(
-        self, layout: Layout | None = None, *, create: bool = True, resume: bool = True
-    ) -> bool:
+    def open(self, layout: Layout | None = None, *, create: bool = True) -> bool:
         """Open the temp file, resuming the parts its journal lists for this object.
 
         ``layout`` is the object's upload layout, for composite checks. Without a usable
         journal the file is started empty and preallocated, unless ``create`` is false:
-        then nothing is opened and the result is ``False``. Without ``resume`` (a file
-        fetched in one request keeps no journal) no journal is looked for.
+        then nothing is opened and the result is ``False``.
         """
         self.verifier = Verifier(self.path, self.obj, self._config.verify, layout)
         self.parts = self.verifier.split(self._config.part_size)
         self.started = time.monotonic()
-        journal = (
-            Journal.load(
-                self._journal_path,
-                self.obj,
-                self._config.part_size,
-                len(self.parts),
-                self.temp,
-                dest=self._state.dest,
-            )
-            if resume
-            else None
+        journal = Journal.load(
+            self._journal_path,
+            self.obj,
+            self._config.part_size,
+            len(self.parts),
+            self.temp,
+            dest=self._state.dest,
         )
         self._journal_on_disk = journal is not None
         if journal is None and not create:
@@ -149,14 +142,14 @@ class PartFile:
             self.fd = safefs.open_file(self._state.dest, self.temp, flags, key=self.obj.key)
             if journal is None:
                 preallocate(self.fd, self.obj.size)
-            self.journal = journal if journal is not None else self._new_journal(resume)
+            self.journal = journal if journal is not None else self._new_journal()
             self._recheck()
         except OSError as exc:
             raise dest_error(exc, self.temp) from exc
         self.resumed_bytes = bytes_in(self.parts, self.done)
         return True
 
-    def _new_journal(self, on_disk: bool = True) -> Journal:
+    def _new_journal(self) -> Journal:
         journal = Journal(
             self._journal_path,
             self.obj.etag,
@@ -164,8 +157,7 @@ class PartFile:
             self._config.part_size,
             dest=self._state.dest,
         )
-        if on_disk:
-            journal.remove()  # one left by another version of the object
+        journal.remove()  # one left by another version of the object
         return journal
 
     def _recheck(self) -> None:
