@@ -70,6 +70,7 @@ from xml.sax.saxutils import escape
 __all__ = [
     "Action",
     "Delay",
+    "Dialect",
     "DropHeaders",
     "FaultProxy",
     "FlipByte",
