@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,6 +91,18 @@ def test_a_short_body_is_short_body_on_both(stores: Stores, backend: str, tmp_pa
     assert run.result is not None, run.error
     assert run.result.retries == {"short_body": 1}
     assert (tmp_path / "w.bin").read_bytes() == DATA
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_short_body_is_worded_alike_on_both(stores: Stores, backend: str, tmp_path: Path) -> None:
+    rules = [Rule(truncate_after(MiB), method="GET", times=None)]
+    run = pull(stores, backend, tmp_path / "w.bin", rules, MAX_ATTEMPTS="1")
+    assert isinstance(run.error, modelpull.TransientStoreError)
+    assert run.error.reason == "short_body"
+    # The bytes still missing: at most the object's less the MiB that came.
+    found = re.search(r"body ended (\d+) bytes early", str(run.error))
+    assert found is not None, str(run.error)
+    assert len(DATA) - MiB <= int(found[1]) <= len(DATA)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
