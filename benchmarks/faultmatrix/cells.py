@@ -80,15 +80,19 @@ def all_cells(faults: Sequence[Fault] = FAULTS, tools: Sequence[Tool] = TOOLS) -
     return [Cell(f, v, t) for f in faults for v in f.variants for t in tools]
 
 
-def _gaps(log: Sequence[RequestRecord], pattern: re.Pattern[str]) -> list[float]:
-    """Seconds between the arrivals of successive GETs of the same range of the object:
+def _gaps(log: Sequence[RequestRecord], pattern: re.Pattern[str], size: int) -> list[float]:
+    """Seconds between the arrivals of successive GETs of the same part of the object:
     the backoff a tool waited (plus the failed attempt's own time), as the server saw it.
-    Of the ranges a tool asked for (boto3 asks for two parts at once), the one asked
-    for most often."""
-    arrivals: dict[str | None, list[float]] = {}
+
+    A part is known by the last byte it asks for (a retry may resume past its first);
+    of the parts a tool asked for (boto3 asks for two at once), the one asked for most.
+    """
+    arrivals: dict[int, list[float]] = {}
     for record in log:
         if record.method == "GET" and pattern.search(record.path):
-            arrivals.setdefault(record.range, []).append(record.at)
+            ends = re.findall(r"-(\d+)$", record.range or "")
+            last = int(ends[0]) if ends else size - 1  # no Range, or "bytes=N-": the end
+            arrivals.setdefault(last, []).append(record.at)
     if not arrivals:
         return []
     times = max(arrivals.values(), key=len)
@@ -133,7 +137,8 @@ def _endpoint(
             counts: Counter[str] = Counter()
             for record in proxy.log:
                 counts[record.method if pattern.search(record.path) else "other"] += 1
-            return {"requests": dict(counts), "gaps": _gaps(proxy.log, pattern)}
+            gaps = _gaps(proxy.log, pattern, len(stores.data))
+            return {"requests": dict(counts), "gaps": gaps}
 
         yield proxy.url, seen
 
