@@ -41,7 +41,7 @@ for _path in (REPO / "src", REPO):
 
 from benchmarks.faultmatrix.cells import Settings, all_cells, run_cells  # noqa: E402
 from benchmarks.faultmatrix.faults import FAULTS, fault_named  # noqa: E402
-from benchmarks.faultmatrix.report import markdown, update_doc  # noqa: E402
+from benchmarks.faultmatrix.report import dump, markdown, update_doc  # noqa: E402
 from benchmarks.faultmatrix.tools import TOOLS, Timeouts, tool_named  # noqa: E402
 
 import modelpull  # noqa: E402
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cells": records,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
+    args.out.write_text(dump(run))
     section = markdown(run)
     if args.doc is not None:
         update_doc(args.doc, section)
