@@ -11,7 +11,8 @@ path and ``Range`` and apply one action:
 
 - :func:`reset_after` — headers and *n* body bytes, then a TCP RST (``SO_LINGER`` 0);
 - :func:`truncate_after` — headers with the full ``Content-Length``, *n* bytes, then FIN;
-- :func:`status` — no forwarding; an S3-style XML error, optionally with ``Retry-After``;
+- :func:`status` — no forwarding; an S3-style XML error (or TOS's JSON one, with
+  ``dialect="tos"``), optionally with ``Retry-After``;
 - :func:`flip_byte` — the body with one byte XORed: silent corruption in transit;
 - :func:`set_headers` / :func:`drop_headers` — edit the response headers;
 - :func:`set_status` — another status code on an otherwise forwarded response;
@@ -19,7 +20,11 @@ path and ``Range`` and apply one action:
 - :func:`delay` — sleep before the headers and/or between body chunks;
 - :func:`trickle` — the headers, then the body one byte (or a few) every few seconds;
 - :func:`stall` — no answer at all, or the headers (and *n* body bytes) and then
-  nothing, until the client hangs up or the proxy closes.
+  nothing, until the client hangs up or the proxy closes;
+- :func:`if_match` — honour ``If-Match`` for a store that ignores it (rclone): a
+  forwarded answer whose ETag is not the one asked for becomes ``412``;
+- :func:`hook` — call a function before the request is forwarded (to replace the
+  object under a client, say).
 
 Several rules may fire on one request: header edits, flips and delays add up, and the
 first *terminal* action (reset, truncate, status) wins; a later rule whose terminal
@@ -43,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import itertools
+import json
 import random
 import re
 import select
@@ -57,16 +63,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 __all__ = [
     "Action",
     "Delay",
+    "Dialect",
     "DropHeaders",
     "FaultProxy",
     "FlipByte",
+    "Hook",
+    "IfMatch",
     "IgnoreRange",
     "RequestRecord",
     "ResetAfter",
@@ -80,6 +89,8 @@ __all__ = [
     "delay",
     "drop_headers",
     "flip_byte",
+    "hook",
+    "if_match",
     "ignore_range",
     "reset_after",
     "set_headers",
@@ -110,6 +121,12 @@ _S3_MESSAGES = {
     "PreconditionFailed": "At least one of the pre-conditions you specified did not hold",
     "RequestTimeout": "Your socket connection to the server was not read from or written "
     "to within the timeout period.",
+    "SignatureDoesNotMatch": "The request signature we calculated does not match the "
+    "signature you provided.",
+    "RequestTimeTooSkewed": "The difference between the request time and the current time "
+    "is too large.",
+    "InvalidRange": "The requested range is not satisfiable",
+    "TooManyRequests": "Too many requests, please slow down.",
 }
 
 
@@ -130,14 +147,20 @@ class TruncateAfter:
     n_bytes: int
 
 
+# How a store words an error: S3's XML with x-amz-request-id, or TOS's JSON with
+# x-tos-request-id (what the TOS SDK parses).
+Dialect = Literal["s3", "tos"]
+
+
 @dataclass(frozen=True, slots=True)
 class Status:
-    """Answer an S3 XML error without forwarding the request."""
+    """Answer a store's error without forwarding the request: S3's XML, or TOS's JSON."""
 
     code: int
     s3_code: str
     retry_after: str | None = None
     message: str | None = None
+    dialect: Dialect = "s3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +221,21 @@ class Trickle:
 
 
 @dataclass(frozen=True, slots=True)
+class IfMatch:
+    """Answer ``412 PreconditionFailed`` (in ``dialect``) to a request whose ``If-Match``
+    names another ETag than the forwarded answer carries, as S3 and TOS do."""
+
+    dialect: Dialect = "s3"
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """Call ``callback()`` in the proxy's thread before the request is forwarded."""
+
+    callback: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
 class Stall:
     """Stop answering: before the headers (``after_bytes`` ``None``), or after the headers
     and ``after_bytes`` of body. Held until the client hangs up or the proxy closes."""
@@ -217,6 +255,8 @@ Action = (
     | Delay
     | Trickle
     | Stall
+    | IfMatch
+    | Hook
 )
 _Terminal = ResetAfter | TruncateAfter | Status
 
@@ -236,11 +276,15 @@ def status(
     s3_error_code: str,
     retry_after: float | str | None = None,
     message: str | None = None,
+    *,
+    dialect: Dialect = "s3",
 ) -> Status:
-    """An S3 error response, e.g. ``status(503, "SlowDown", retry_after=1)``."""
+    """An S3 error response, e.g. ``status(503, "SlowDown", retry_after=1)``; TOS's JSON
+    error with ``x-tos-request-id`` instead with ``dialect="tos"``."""
     if isinstance(retry_after, float) and retry_after.is_integer():
         retry_after = int(retry_after)
-    return Status(code, s3_error_code, None if retry_after is None else str(retry_after), message)
+    after = None if retry_after is None else str(retry_after)
+    return Status(code, s3_error_code, after, message, dialect)
 
 
 def flip_byte(offset: int, mask: int = 0xFF) -> FlipByte:
@@ -286,6 +330,16 @@ def stall(after_bytes: int = 0, *, before_headers: bool = False) -> Stall:
     """A server that stops answering: after the headers and ``after_bytes`` of body, or
     (``before_headers``) without sending anything."""
     return Stall(None if before_headers else after_bytes)
+
+
+def if_match(dialect: Dialect = "s3") -> IfMatch:
+    """``If-Match`` honoured in front of a store that ignores it; see :class:`IfMatch`."""
+    return IfMatch(dialect)
+
+
+def hook(callback: Callable[[], None]) -> Hook:
+    """Run ``callback`` before forwarding, e.g. to replace the object being fetched."""
+    return Hook(callback)
 
 
 # --- rules -----------------------------------------------------------------------------
@@ -398,6 +452,8 @@ class _Plan:
     per_chunk: float = 0.0
     trickle: Trickle | None = None
     stall: Stall | None = None
+    if_match: IfMatch | None = None
+    hooks: list[Hook] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
     def edit_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -580,6 +636,10 @@ class FaultProxy:
                     plan.trickle = action
                 elif isinstance(action, Stall):
                     plan.stall = action
+                elif isinstance(action, IfMatch):
+                    plan.if_match = action
+                elif isinstance(action, Hook):
+                    plan.hooks.append(action)
                 else:
                     plan.before_headers += action.before_headers
                     plan.per_chunk += action.per_chunk
@@ -643,6 +703,19 @@ def _whole_size(response: http.client.HTTPResponse) -> int | None:
     return int(match[1]) if match else None
 
 
+def _matches_etag(wanted: str | None, response: http.client.HTTPResponse) -> bool:
+    """Whether an ``If-Match`` (absent, ``*``, or a list of ETags, quoted or bare) holds
+    for ``response``; an error answer is left to speak for itself."""
+    if wanted is None or response.status >= 300 or wanted.strip() == "*":
+        return True
+
+    def bare(tag: str) -> str:
+        return tag.strip().removeprefix("W/").strip('"')
+
+    etag = bare(response.getheader("ETag") or "")
+    return any(bare(tag) == etag for tag in wanted.split(","))
+
+
 class _ClientGone(Exception):
     """The client connection broke or was cut on purpose; stop serving it."""
 
@@ -701,6 +774,8 @@ class _Handler(BaseHTTPRequestHandler):
         ranged = self.headers.get("Range")
         plan = self.proxy._plan(self.command, target.path, target.query, ranged is not None)
         self.proxy._sleep(plan.before_headers)
+        for action in plan.hooks:
+            action.callback()
 
         def record(code: int) -> None:
             # Counted before the client can see the answer, so a test that has its
@@ -727,6 +802,14 @@ class _Handler(BaseHTTPRequestHandler):
             body = f"FaultProxy: upstream failed: {exc!r}".encode()
             self._send_head(502, "Bad Gateway", [("Content-Length", str(len(body)))])
             self._write_body(body)
+            return
+        if plan.if_match is not None and not _matches_etag(self.headers.get("If-Match"), response):
+            # The body is not read: that upstream connection is spoiled.
+            response.close()
+            self._close_upstream()
+            record(412)
+            refusal = Status(412, "PreconditionFailed", dialect=plan.if_match.dialect)
+            self._send_s3_error(refusal, plan)
             return
         try:
             whole = _whole_size(response) if plan.ignore_range else None
@@ -898,17 +981,30 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_s3_error(self, error: Status, plan: _Plan) -> None:
         request_id = self.proxy._next_request_id()
         message = error.message or _S3_MESSAGES.get(error.s3_code, "Injected by FaultProxy")
-        body = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>{escape(error.s3_code)}</Code><Message>{escape(message)}</Message>"
-            f"<RequestId>{request_id}</RequestId><HostId>faultproxy</HostId></Error>"
-        ).encode()
+        if error.dialect == "tos":
+            body = json.dumps(
+                {
+                    "Code": error.s3_code,
+                    "Message": message,
+                    "RequestId": request_id,
+                    "HostId": "faultproxy",
+                    "EC": "0000-00000000",
+                }
+            ).encode()
+            kind, id_header = "application/json", "x-tos-request-id"
+        else:
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n'
+                f"<Error><Code>{escape(error.s3_code)}</Code><Message>{escape(message)}</Message>"
+                f"<RequestId>{request_id}</RequestId><HostId>faultproxy</HostId></Error>"
+            ).encode()
+            kind, id_header = "application/xml", "x-amz-request-id"
         if self.command == "HEAD":
-            body = b""  # S3 sends no body on HEAD; botocore goes by the status alone
+            body = b""  # stores send no body on HEAD; SDKs go by the status alone
         headers = [
-            ("Content-Type", "application/xml"),
+            ("Content-Type", kind),
             ("Content-Length", str(len(body))),
-            ("x-amz-request-id", request_id),
+            (id_header, request_id),
         ]
         if error.retry_after is not None:
             headers.append(("Retry-After", error.retry_after))

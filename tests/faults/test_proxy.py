@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import threading
 import time
@@ -23,6 +24,8 @@ from .proxy import (
     delay,
     drop_headers,
     flip_byte,
+    hook,
+    if_match,
     ignore_range,
     reset_after,
     set_headers,
@@ -220,6 +223,75 @@ def test_status_on_put_drains_the_body_and_keeps_the_connection(proxy: FaultProx
     assert proxy.connections == 1
     with pytest.raises(ClientError):
         get(s3, "never")
+
+
+def test_status_in_tos_dialect_is_json_with_a_tos_request_id(proxy: FaultProxy) -> None:
+    proxy.add_rule(Rule(status(429, "TooManyRequests", retry_after=3, dialect="tos")))
+    conn = http.client.HTTPConnection("127.0.0.1", int(proxy.url.rsplit(":", 1)[1]))
+    try:
+        conn.request("GET", f"/{BUCKET}/small")
+        response = conn.getresponse()
+        body = json.loads(response.read())
+    finally:
+        conn.close()
+    assert response.status == 429
+    assert response.getheader("Content-Type") == "application/json"
+    assert response.getheader("Retry-After") == "3"
+    request_id = response.getheader("x-tos-request-id")
+    assert request_id is not None and request_id.startswith("FAULTPROXY")
+    assert response.getheader("x-amz-request-id") is None
+    assert body["Code"] == "TooManyRequests"
+    assert body["RequestId"] == request_id
+
+
+def test_if_match_is_honoured_in_front_of_a_store_that_ignores_it(rclone_store: S3Store) -> None:
+    bucket = rclone_store.new_bucket()
+    rclone_store.put(bucket, "obj", SMALL)
+    keys = rclone_store.credentials
+    with FaultProxy(rclone_store.endpoint_url) as proxy:
+        client = make_client(proxy.url, key=keys.access_key, secret=keys.secret_key)
+        try:
+            etag = client.head_object(Bucket=bucket, Key="obj")["ETag"]
+            # rclone itself serves a stale If-Match ...
+            assert get_from(client, bucket, IfMatch='"0123"') == SMALL
+            rule = proxy.add_rule(Rule(if_match(), method="GET", times=None))
+            # ... the proxy does not, and lets a matching one (quoted or bare) through.
+            with pytest.raises(ClientError) as info:
+                get_from(client, bucket, IfMatch='"0123"')
+            assert info.value.response["Error"]["Code"] == "PreconditionFailed"
+            assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+            assert get_from(client, bucket, IfMatch=etag) == SMALL
+            assert get_from(client, bucket, IfMatch=etag.strip('"')) == SMALL
+            assert get_from(client, bucket) == SMALL
+            assert rule.fired == 4
+            assert [r.status for r in proxy.log[-4:]] == [412, 200, 200, 200]
+        finally:
+            client.close()
+        assert proxy.errors == []
+
+
+def get_from(client: Any, bucket: str, **kwargs: Any) -> bytes:
+    body: bytes = client.get_object(Bucket=bucket, Key="obj", **kwargs)["Body"].read()
+    return body
+
+
+def test_hook_runs_before_the_request_is_forwarded(
+    proxy: FaultProxy, s3: Any, upstream: str
+) -> None:
+    direct = make_client(upstream)
+    s3.put_object(Bucket=BUCKET, Key="hooked", Body=b"old")
+    calls: list[str] = []
+
+    def replace() -> None:
+        calls.append("replace")
+        direct.put_object(Bucket=BUCKET, Key="hooked", Body=b"new bytes")
+
+    proxy.add_rule(Rule(hook(replace), method="GET", path="/hooked$"))
+    assert get(s3, "hooked") == b"new bytes"
+    assert get(s3, "hooked") == b"new bytes"
+    assert calls == ["replace"]  # times=1
+    s3.delete_object(Bucket=BUCKET, Key="hooked")
+    direct.close()
 
 
 def test_flip_byte_changes_exactly_one_byte(proxy: FaultProxy, s3: Any) -> None:

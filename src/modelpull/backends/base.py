@@ -252,14 +252,22 @@ def _stream(
             room = min(len(buffer) - filled, remaining)
             view = buffer[filled : filled + min(step, room)]
             began = time.monotonic()
-            n = answer.readinto(view)
+            cause: TransientStoreError | None = None
+            try:
+                n = answer.readinto(view)
+            except TransientStoreError as exc:
+                if exc.reason != "short_body":
+                    raise
+                # An SDK that raises for a short body (requests) says it as the one
+                # that reads an empty end of it (http.client) does, with the count.
+                n, cause = 0, exc
             if n == 0:
                 raise TransientStoreError(
                     f"{site}: body ended {remaining} bytes early",
                     bucket=site.bucket,
                     key=site.key,
                     reason="short_body",
-                )
+                ) from cause
             filled += n
             remaining -= n
             if flight is not None:

@@ -19,7 +19,10 @@ and ``TOS_*``.
 
 from __future__ import annotations
 
+import email.utils
+import http.client
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ __all__ = [
     "ANSWERS",
     "DENIED_CODES",
     "FAULTS",
+    "MAX_CLOCK_SKEW",
     "S3_NAMES",
     "TOS_NAMES",
     "TRANSIENT_CODES",
@@ -52,6 +56,7 @@ __all__ = [
     "StoreNames",
     "Translate",
     "causes",
+    "clock_skew",
     "fault_error",
     "fault_of",
     "names_for",
@@ -112,6 +117,7 @@ class Site:
 # --- what the store said ---------------------------------------------------------------
 
 # AWS's, TOS's and the common S3-compatible servers' names for "try again later".
+# (Not RequestTimeTooSkewed: a clock that is off stays off; neither SDK retries it.)
 TRANSIENT_CODES = frozenset(
     {
         "SlowDown",
@@ -120,7 +126,6 @@ TRANSIENT_CODES = frozenset(
         "ServiceUnavailable",
         "Throttling",
         "ThrottlingException",
-        "RequestTimeTooSkewed",
         "TooManyRequests",
         "OperationAborted",
         "ExceedAccountQPSLimit",
@@ -147,8 +152,9 @@ class Answer:
     """One row of :data:`ANSWERS`: the codes and statuses it covers, and what they mean.
 
     ``message`` is a :meth:`str.format` template over ``where``, ``bucket``, ``code``,
-    ``message`` (the store's own, cut short), and ``credentials`` and ``region`` from
-    :class:`StoreNames`.
+    ``message`` (the store's own, cut short), ``skew`` (how far the store's clock is
+    from this machine's, when its ``Date`` says), and ``credentials`` and ``region``
+    from :class:`StoreNames`.
     """
 
     cls: type[StoreError]
@@ -164,6 +170,13 @@ ANSWERS: tuple[Answer, ...] = (
         "no object at {where}",
         frozenset({"NoSuchKey", "NotFound", "404"}),
         frozenset({404}),
+    ),
+    # Before the 403 row: the credentials are fine, the clock is not.
+    Answer(
+        AccessDeniedError,
+        "{where}: the store refused the request's time ({skew}): this machine's clock is "
+        "off; synchronise it (NTP) and run again",
+        frozenset({"RequestTimeTooSkewed"}),
     ),
     Answer(
         AccessDeniedError,
@@ -212,6 +225,24 @@ def retry_after(headers: Mapping[str, str] | None) -> float | None:
         return None
 
 
+# How far a caller's clock may be from the store's before the store refuses its
+# signatures (RequestTimeTooSkewed): 15 minutes on S3 and on TOS.
+MAX_CLOCK_SKEW = 15 * 60
+
+
+def clock_skew(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds the store's clock (its answer's ``Date``) is ahead of this machine's
+    (negative: behind); ``None`` without a readable ``Date``."""
+    value = next((v for k, v in (headers or {}).items() if k.lower() == "date"), None)
+    try:
+        sent = email.utils.parsedate_to_datetime(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    if sent is None or sent.tzinfo is None:
+        return None
+    return sent.timestamp() - time.time()
+
+
 def store_error(
     *,
     status: int | None,
@@ -224,10 +255,19 @@ def store_error(
     """The error for a store's answer, by :data:`ANSWERS`; never holds a credential.
 
     Against a server that answers in another dialect (TOS's SDK reading S3's XML, a
-    HEAD with no body) there is no code: the status alone decides.
+    HEAD with no body) there is no code: the status alone decides, except that a 403
+    whose ``Date`` is over :data:`MAX_CLOCK_SKEW` from this machine's clock is told as
+    the clock's fault (RequestTimeTooSkewed), not the credentials'.
     """
+    skew = clock_skew(headers)
+    skewed = skew is not None and abs(skew) > MAX_CLOCK_SKEW
+    # A HEAD's 403 names no cause (botocore gives "403" as its code); its Date can.
+    if code in (None, "", "403") and status == 403 and skewed:
+        lookup = "RequestTimeTooSkewed"
+    else:
+        lookup = str(code or status or "Unknown")
     code = str(code or status or "Unknown")
-    answer = next((a for a in ANSWERS if code in a.codes or status in a.statuses), _ANY_OTHER)
+    answer = next((a for a in ANSWERS if lookup in a.codes or status in a.statuses), _ANY_OTHER)
     text = answer.message.format(
         where=site,
         bucket=site.bucket,
@@ -235,6 +275,11 @@ def store_error(
         message=str(message or "").strip()[:200],
         credentials=site.names.credentials,
         region=site.names.region,
+        skew=(
+            f"the store's clock and this machine's differ by {abs(skew) / 60:.0f} min"
+            if skewed and skew is not None
+            else code
+        ),
     )
     error = answer.cls(
         text.strip(),
@@ -318,6 +363,7 @@ def fault_error(kind: FaultKind | None, exc: BaseException, site: Site) -> Store
         )
     if kind == "tls" and _plain_http(exc):
         kind = "plain_http"
+    kind = _what_broke(kind, exc)
     fault = FAULTS[kind]
     endpoint = site.endpoint or "?"
     text = fault.message.format(
@@ -326,9 +372,36 @@ def fault_error(kind: FaultKind | None, exc: BaseException, site: Site) -> Store
         http_endpoint=re.sub(r"^https://", "http://", site.endpoint or "http://HOST:PORT"),
         endpoint_var=site.names.endpoint,
         exc=exc,
-        kind=type(exc).__name__,
+        kind=_broken_by(exc),
     )
     return fault.cls(text, bucket=site.bucket, key=site.key, reason=fault.reason or kind)
+
+
+def _what_broke(kind: FaultKind, exc: BaseException) -> FaultKind:
+    """A broken body told by what broke it, however deep the SDK wrapped it.
+
+    The TOS SDK's ``requests`` reports a short body and a read timeout in a body alike,
+    as a ``ConnectionError`` or ``ChunkedEncodingError`` around urllib3's error; botocore
+    reads the socket itself and sees each as what it is. Judged by the causes, both
+    backends give the same reason (and retry label): ``short_body``, ``timeout``.
+    """
+    if kind not in ("reset", "network"):
+        return kind
+    found = list(causes(exc))
+    if any(isinstance(e, http.client.IncompleteRead) for e in found):
+        return "short_body"
+    if any(isinstance(e, TimeoutError) for e in found):  # socket.timeout is TimeoutError
+        return "timeout"
+    return kind
+
+
+def _broken_by(exc: BaseException) -> str:
+    """The name that says how a connection broke: the OS's (``ConnectionResetError``)
+    when an SDK wrapped it, else the exception's own."""
+    return next(
+        (type(e).__name__ for e in causes(exc) if isinstance(e, ConnectionError)),
+        type(exc).__name__,
+    )
 
 
 # How OpenSSL (1.1 and 3.x) says that the other side answered a ClientHello in plain
