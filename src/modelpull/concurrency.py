@@ -28,24 +28,10 @@ import time
 from collections.abc import Callable
 
 from modelpull.events import BytesTransferred, ConcurrencyChanged, Event, PartRetried
+from modelpull.retry import THROTTLE_REASONS
 
-__all__ = ["THROTTLE_REASONS", "Climber", "Gate"]
+__all__ = ["Climber", "Gate"]
 
-# Retry reasons that mean "too many requests": S3's and TOS's throttling codes, and the
-# bare statuses a store sends without a code.
-THROTTLE_REASONS = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "TooManyRequests",
-        "RequestLimitExceeded",
-        "ExceedAccountQPSLimit",
-        "ExceedBucketQPSLimit",
-        "429",
-        "503",
-    }
-)
 WINDOW_SECONDS = 1.0
 GROWTH = 1.5
 RISING = 1.10  # a window this much faster than the last one is a rise

@@ -242,7 +242,11 @@ class Fetcher:
 
         try:
             return self._retry.call(
-                attempt, what=path, on_retry=retry_events(emit, path), stop=self._stop
+                attempt,
+                what=path,
+                on_retry=retry_events(emit, path),
+                stop=self._stop,
+                progress=received,
             )
         except ModelPullError:
             if self._stop.is_set():

@@ -30,7 +30,14 @@ from modelpull.events import Event, PartRetried
 if TYPE_CHECKING:
     from modelpull.config import PullConfig
 
-__all__ = ["OnRetry", "RetryPolicy", "deadline_error", "is_retryable", "retry_events"]
+__all__ = [
+    "THROTTLE_REASONS",
+    "OnRetry",
+    "RetryPolicy",
+    "deadline_error",
+    "is_retryable",
+    "retry_events",
+]
 
 T = TypeVar("T")
 # (the error, the attempt that failed, seconds before the next one)
@@ -38,6 +45,24 @@ OnRetry = Callable[[ModelPullError, int, float], None]
 
 BASE_DELAY = 0.1
 MAX_DELAY = 10.0
+THROTTLE_BASE_DELAY = 1.0
+# Attempts that made progress are not counted against the budget, up to this many times it.
+PROGRESS_TRIES = 20
+# Retry reasons that mean "too many requests": S3's and TOS's throttling codes, and the
+# bare statuses a store sends without a code.
+THROTTLE_REASONS = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequests",
+        "RequestLimitExceeded",
+        "ExceedAccountQPSLimit",
+        "ExceedBucketQPSLimit",
+        "429",
+        "503",
+    }
+)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -89,7 +114,11 @@ class RetryPolicy:
         """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up."""
         if not is_retryable(exc) or attempt >= self.max_attempts:
             return None
-        cap = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        # A store that says "too many requests" gets seconds, not tenths: the backoff of
+        # botocore's standard mode, and adaptive concurrency halves the requests too.
+        throttled = getattr(exc, "reason", None) in THROTTLE_REASONS
+        base = max(self.base_delay, THROTTLE_BASE_DELAY) if throttled else self.base_delay
+        cap = min(self.max_delay, base * (2 ** (attempt - 1)))
         wait = self.rng.uniform(0, cap)
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
@@ -108,6 +137,7 @@ class RetryPolicy:
         what: str = "",
         on_retry: OnRetry | None = None,
         stop: threading.Event | None = None,
+        progress: Callable[[], int] | None = None,
     ) -> T:
         """``fn()``, retried under this policy; ``on_retry(exc, attempt, delay)`` before each wait.
 
@@ -117,13 +147,24 @@ class RetryPolicy:
         its message); one whose next attempt would come after the deadline,
         :class:`~modelpull.errors.DeadlineExceededError`. A ``stop`` event set during a
         wait re-raises the last error at once.
+
+        ``progress()`` (bytes a transfer has received so far) makes the budget one of
+        attempts that moved nothing: an attempt that got further than the last one starts
+        the count again, so a connection that breaks every few MiB still finishes a
+        large part, resuming each time, while :data:`PROGRESS_TRIES` times the budget
+        bounds the whole.
         """
-        attempt = 0
+        attempt = tries = 0
         while True:
             attempt += 1
+            tries += 1
+            before = progress() if progress is not None else 0
             try:
                 return fn()
             except ModelPullError as exc:
+                moved = progress is not None and progress() > before
+                if moved and tries < self.max_attempts * PROGRESS_TRIES:
+                    attempt = 1  # it got somewhere: backoff and budget start over
                 delay = self.delay(attempt, exc)
                 if delay is None and self.deadline is not None and self._retryable(attempt, exc):
                     # Only the deadline said no: say that, not "retries exhausted".
@@ -131,8 +172,8 @@ class RetryPolicy:
                 if delay is None:
                     # An unreachable endpoint stays what it is (its own exit code); a
                     # store that kept failing becomes "retries exhausted".
-                    if attempt > 1 and isinstance(exc, TransientStoreError):
-                        raise _exhausted(exc, attempt, what) from exc
+                    if tries > 1 and isinstance(exc, TransientStoreError):
+                        raise _exhausted(exc, tries, what) from exc
                     raise
                 if on_retry is not None:
                     on_retry(exc, attempt, delay)
