@@ -46,7 +46,9 @@ OnRetry = Callable[[ModelPullError, int, float], None]
 BASE_DELAY = 0.1
 MAX_DELAY = 10.0
 THROTTLE_BASE_DELAY = 1.0
-# Attempts that made progress are not counted against the budget, up to this many times it.
+# An attempt that moved this many bytes is not counted against the budget (a trickle's
+# few bytes do not count), up to this many times the budget.
+PROGRESS_BYTES = 1 << 20
 PROGRESS_TRIES = 20
 # Retry reasons that mean "too many requests": S3's and TOS's throttling codes, and the
 # bare statuses a store sends without a code.
@@ -149,10 +151,10 @@ class RetryPolicy:
         wait re-raises the last error at once.
 
         ``progress()`` (bytes a transfer has received so far) makes the budget one of
-        attempts that moved nothing: an attempt that got further than the last one starts
-        the count again, so a connection that breaks every few MiB still finishes a
-        large part, resuming each time, while :data:`PROGRESS_TRIES` times the budget
-        bounds the whole.
+        attempts that moved (next to) nothing: an attempt that got :data:`PROGRESS_BYTES`
+        further starts the count again, so a connection that breaks every few MiB still
+        finishes a large part, resuming each time, while :data:`PROGRESS_TRIES` times the
+        budget bounds the whole.
         """
         attempt = tries = 0
         while True:
@@ -162,7 +164,7 @@ class RetryPolicy:
             try:
                 return fn()
             except ModelPullError as exc:
-                moved = progress is not None and progress() > before
+                moved = progress is not None and progress() - before >= PROGRESS_BYTES
                 if moved and tries < self.max_attempts * PROGRESS_TRIES:
                     attempt = 1  # it got somewhere: backoff and budget start over
                 delay = self.delay(attempt, exc)

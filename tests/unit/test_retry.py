@@ -87,10 +87,18 @@ def test_attempts_that_make_progress_do_not_spend_the_budget() -> None:
     with pytest.raises(RetriesExhaustedError, match="2 attempts"):
         policy.call(never_moves, progress=lambda: received)
 
-    def always_a_little() -> str:
+    def trickles() -> str:
         nonlocal received
-        received += 1
+        received += 10  # a trickle's few bytes are no progress
+        raise TransientStoreError("stalled", reason="stall")
+
+    with pytest.raises(RetriesExhaustedError, match="2 attempts"):
+        policy.call(trickles, progress=lambda: received)
+
+    def always_a_mib() -> str:
+        nonlocal received
+        received += 1 << 20
         raise TransientStoreError("reset", reason="reset")
 
     with pytest.raises(RetriesExhaustedError, match="40 attempts"):  # 20 x the budget, still
-        policy.call(always_a_little, progress=lambda: received)
+        policy.call(always_a_mib, progress=lambda: received)
