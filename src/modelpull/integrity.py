@@ -266,16 +266,23 @@ class Verifier:
         if self._prefix is not None:
             self._prefix.hash_ready(_reader(fd))
 
-    def values_from_disk(self, fd: int, index: int, buffer: memoryview) -> PartValues:
-        """Part ``index``'s values, computed by reading it back from ``fd``."""
+    def values_from_disk(
+        self, fd: int, index: int, buffer: memoryview, *, digests: bool = False
+    ) -> PartValues:
+        """Part ``index``'s values, computed by reading it back from ``fd``; with
+        ``digests``, its bytes are fed to the in-order digests too (from the same reads)."""
         start, end = self.parts[index]
         hasher = self.hasher(index)
+        prefix = self._prefix if digests else None
         offset = start
         while offset < end:
             got = read_at(fd, buffer[: min(len(buffer), end - offset)], offset)
             if got <= 0:
                 break  # short: the size check reports it
-            hasher.update(buffer[:got])
+            piece = buffer[:got]
+            hasher.update(piece)
+            if prefix is not None:
+                prefix.feed(offset, piece)
             offset += got
         return hasher.values()
 
@@ -286,8 +293,9 @@ class Verifier:
         the checks that passed and its CRC-32C, or :class:`IntegrityError`."""
         buffer = memoryview(bytearray(_READ_BUFFER))
         values: dict[int, PartValues] = {}
+        # One pass: read in file order, every piece is where the digests stand.
         for index in range(len(self.parts)):
-            values[index] = self.values_from_disk(fd, index, buffer)
+            values[index] = self.values_from_disk(fd, index, buffer, digests=True)
         return self.verify(fd, values), whole_crc(self.parts, values)
 
     def verify(self, fd: int, values: Mapping[int, PartValues]) -> list[str]:

@@ -16,6 +16,7 @@ from modelpull.config import PullConfig
 from modelpull.errors import IntegrityError
 from modelpull.files import split_parts
 from modelpull.hashing import PrefixHasher, ReadInto
+from modelpull.integrity import Verifier
 from modelpull.objects import ObjectInfo, RemoteFile
 from modelpull.partfile import PartFile
 from modelpull.state import StateDir
@@ -232,3 +233,24 @@ def test_wrong_bytes_fed_inline_fail_verification(tmp_path: Path) -> None:
     finally:
         pf.close()
         pf.release()
+
+
+def test_checking_a_file_in_dest_reads_it_once(tmp_path: Path) -> None:
+    """``modelpull verify`` and adoption: the CRC pass in file order feeds the digests,
+    so a file with an MD5 or SHA is not read a second time."""
+    path = tmp_path / "w.bin"
+    path.write_bytes(DATA)
+    obj = ObjectInfo(key="w.bin", size=len(DATA), etag=hashlib.md5(DATA).hexdigest())
+    verifier = Verifier("w.bin", obj, "strict")
+    verifier.split(64 * KiB)  # 5 parts
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        verified, _ = verifier.check_file(handle)
+        digests = verifier.in_order
+        assert digests is not None and (digests.hashed, digests.read_back) == (len(DATA), 0)
+        assert "md5" in verified
+        path.write_bytes(DATA[:-1] + b"!")
+        with pytest.raises(IntegrityError, match="md5"):
+            Verifier("w.bin", obj, "strict").check_file(handle)
+    finally:
+        os.close(handle)
