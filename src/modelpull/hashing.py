@@ -91,22 +91,34 @@ class CrcAccumulator:
 class PrefixHasher:
     """Digests (sha256, sha1, md5) of a file whose parts are written out of order.
 
-    Design: workers write parts into the temp file at their offsets and report them
-    with :meth:`mark_done`; whenever the completed prefix of the file grows, one thread
-    reads the new bytes back (through the ``read_into`` it is given, e.g. ``os.preadv``)
-    and feeds them to hashlib in order. The alternative, an in-memory reorder buffer fed
-    with chunks as they arrive, must either hold every byte that arrives ahead of the
-    hashing point — with many parallel parts and one slow part, up to nearly the whole
-    file — or stall the workers that are ahead, which throttles the download to the
-    slowest connection. Reading back costs one copy from the page cache (the bytes were
-    just written, so they are still there), several times cheaper than SHA-256 itself;
-    memory stays at one buffer; no worker ever waits; and it verifies the bytes *on disk*,
-    which also catches a mistake in writing them. hashlib and ``os.preadv`` release the
-    GIL on large buffers, so the hashing thread runs alongside the workers.
+    Design: workers write parts into the temp file at their offsets and report each
+    piece they write with :meth:`feed` (or a whole range with :meth:`mark_done`);
+    whenever the written prefix of the file grows, one thread hashes the new bytes in
+    order. A piece that lands exactly where hashing stands is hashed from the worker's
+    buffer as it is reported (*inline*): the bytes of one part arrive in order, so the
+    part at the front of the file is hashed as it streams, and so is every part of a
+    file fetched in one part. Whatever landed ahead of that point is read back from the
+    file (through the ``read_into`` it is given, e.g. ``os.preadv``) once the prefix
+    reaches it. The alternative, an in-memory reorder buffer, must either hold every byte
+    that arrives ahead of the hashing point — with many parallel parts and one slow part,
+    up to nearly the whole file — or stall the workers that are ahead, which throttles the
+    download to the slowest connection. Reading back costs one copy from the page cache
+    (the bytes were just written, so they are still there; about 5% of MD5's cost);
+    memory stays at one buffer; no worker ever waits; hashlib and ``os.preadv`` release
+    the GIL on large buffers, so the hashing thread runs alongside the workers.
+
+    Which path a byte takes depends on timing, what it hashes to does not: only the one
+    thread holding the hashing lock moves the hashing point, and it takes a piece from a
+    buffer only when the piece starts exactly there; every other byte is read back.
+    :meth:`feed` never reads back (a worker calls it as it writes, with its request in
+    flight): :meth:`hash_ready` does, called once a part is complete.
+    Each byte must be reported once: a range reported twice (bytes written again, whose
+    first value may already be hashed) raises :class:`ValueError`, and the caller starts
+    over with a new hasher.
 
     :meth:`hash_ready` hashes whatever is ready; if another thread is already hashing,
-    it returns at once (that thread picks up the new bytes), so any worker may call it
-    after ``mark_done``, or a dedicated thread may. :meth:`finish` hashes the rest.
+    it returns at once (that thread picks up the new bytes), so any worker may call it,
+    or a dedicated thread may. :meth:`finish` hashes the rest.
     """
 
     def __init__(self, kinds: Iterable[str], size: int, *, buffer_size: int = _PREFIX_BUFFER):
@@ -124,9 +136,12 @@ class PrefixHasher:
         self._lock = threading.Lock()  # guards _ready and _pending
         self._hashing = threading.Lock()  # held by the one thread reading and hashing
         self._ready = 0  # [0, _ready) is written
-        self._pending: list[tuple[int, int]] = []  # written ranges past _ready, sorted
+        # Written ranges past _ready, sorted, adjacent ones merged: about one per part
+        # in flight, however small the pieces reported.
+        self._pending: list[tuple[int, int]] = []
         self._hashed = 0  # [0, _hashed) is hashed; only the _hashing holder moves it
         self._buffer: memoryview | None = None  # only the _hashing holder uses it
+        self.read_back = 0  # bytes hashed by reading them back (the rest came inline)
 
     @property
     def size(self) -> int:
@@ -145,24 +160,63 @@ class PrefixHasher:
         return self._hashed
 
     def mark_done(self, offset: int, length: int) -> None:
-        """Record that bytes ``[offset, offset + length)`` are in the file; thread-safe."""
+        """Record that bytes ``[offset, offset + length)`` are in the file; thread-safe.
+
+        :class:`ValueError` when the range is outside the file or overlaps one recorded.
+        """
         end = offset + length
         if offset < 0 or length < 1 or end > self._size:
             raise ValueError(f"bad part [{offset}, {end}) of a {self._size}-byte file")
         with self._lock:
-            i = bisect.bisect_left(self._pending, (offset, end))
+            pending = self._pending
+            i = bisect.bisect_left(pending, (offset, end))
             if (
                 offset < self._ready
-                or (i > 0 and self._pending[i - 1][1] > offset)
-                or (i < len(self._pending) and self._pending[i][0] < end)
+                or (i > 0 and pending[i - 1][1] > offset)
+                or (i < len(pending) and pending[i][0] < end)
             ):
                 raise ValueError(f"part [{offset}, {end}) overlaps one already done")
-            self._pending.insert(i, (offset, end))
-            while self._pending and self._pending[0][0] == self._ready:
-                self._ready = self._pending.pop(0)[1]
+            if i < len(pending) and pending[i][0] == end:
+                end = pending.pop(i)[1]
+            if i > 0 and pending[i - 1][1] == offset:
+                i -= 1
+                offset = pending.pop(i)[0]
+            if offset == self._ready:
+                self._ready = end
+            else:
+                pending.insert(i, (offset, end))
+
+    def mark_all_done(self) -> None:
+        """Every byte of the file is written: the parts reported, and any others (resumed
+        from an earlier run, or written before the hasher was started over)."""
+        with self._lock:
+            self._pending.clear()
+            self._ready = self._size
+
+    def feed(self, offset: int, view: memoryview) -> bool:
+        """``view`` was just written at ``offset``: record it (as :meth:`mark_done`), and
+        hash it from memory if hashing stands exactly at ``offset`` and no other thread
+        is hashing; ``True`` when it was hashed.
+
+        Never reads the file and never waits: a piece not hashed here is read back by a
+        later :meth:`hash_ready`. ``view`` is used only during the call.
+        """
+        self.mark_done(offset, len(view))
+        if self._hashed != offset or not self._hashing.acquire(blocking=False):
+            return False
+        try:
+            if self._hashed != offset:  # another thread moved it meanwhile
+                return False
+            for hasher in self._hashers:
+                hasher.update(view)
+            self._hashed += len(view)
+            return True
+        finally:
+            self._hashing.release()
 
     def hash_ready(self, read_into: ReadInto, *, wait: bool = False) -> int:
-        """Hash the written prefix not yet hashed; returns the bytes hashed by this call.
+        """Hash the written prefix not yet hashed, reading it back through ``read_into``;
+        returns the bytes hashed by this call.
 
         Returns 0 at once if another thread is hashing, unless ``wait``.
         """
@@ -186,6 +240,7 @@ class PrefixHasher:
                     for hasher in self._hashers:
                         hasher.update(view[:got])
                     self._hashed += got
+                    self.read_back += got
                     total += got
             finally:
                 self._hashing.release()

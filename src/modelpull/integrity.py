@@ -158,7 +158,8 @@ class Verifier:
     """The checks ``mode`` asks for on one version of one object, and their state.
 
     :meth:`split` fixes the download parts, :meth:`hasher` gives each part's hasher,
-    :meth:`part_done` feeds in-order digests, :meth:`verify` checks the whole file.
+    :meth:`feed` extends the in-order digests as bytes are written, :meth:`verify`
+    checks the whole file.
     """
 
     def __init__(self, path: str, obj: ObjectInfo, mode: str, layout: Layout | None = None) -> None:
@@ -218,11 +219,17 @@ class Verifier:
         labels = ["size", *self._full_crcs, *(c.label for c in self._composites)]
         return (*labels, *self._full_digests)
 
+    @property
+    def in_order(self) -> PrefixHasher | None:
+        """The hasher of the whole-file digests (MD5, SHA), when there are any."""
+        return self._prefix
+
     def reset_digests(self) -> None:
-        """Forget in-order digests: parts were refetched, so they are hashed from disk again."""
+        """Start the in-order digests over: bytes already hashed are being written again
+        (refetched parts, a stream started over). What is written from now on is fed as
+        usual; :meth:`verify` reads back the rest."""
         digests = list(self._full_digests)
         self._prefix = PrefixHasher(digests, self.size) if digests and self.size else None
-        self._marked: set[int] = set()
 
     # -- parts ------------------------------------------------------------------------
 
@@ -248,27 +255,44 @@ class Verifier:
         return PartHasher(self._crc_kinds, self._segment_kinds, self._pieces[index])
 
     def feed(self, offset: int, view: memoryview) -> None:
-        """Bytes ``[offset, offset + len(view))`` were just written (from a worker)."""
+        """``view`` was just written at ``offset`` (from a worker, its request in flight):
+        extend the in-order digests with it when it lands where hashing stands; what it
+        cannot reach now, :meth:`part_done` reads back."""
+        prefix = self._prefix
+        if prefix is None or not len(view):
+            return
+        try:
+            prefix.feed(offset, view)
+        except ValueError:
+            # Bytes written a second time without a reset: the digests may hold their
+            # first value. Start over; verify() reads back whatever is not fed again.
+            log.debug("%s: bytes at %d written again: digests start over", self.path, offset)
+            if self._prefix is prefix:
+                self.reset_digests()
 
     def part_done(self, index: int, fd: int) -> None:
-        """Part ``index`` is on disk: extend the in-order digests over the complete prefix."""
-        start, end = self.parts[index]
-        if self._prefix is None or end <= start:
-            return
-        self._marked.add(index)
-        self._prefix.mark_done(start, end - start)
-        self._prefix.hash_ready(_reader(fd))
+        """Part ``index`` is on disk (its pieces were fed as they were written): read back
+        and hash whatever of the written prefix is not hashed yet."""
+        if self._prefix is not None:
+            self._prefix.hash_ready(_reader(fd))
 
-    def values_from_disk(self, fd: int, index: int, buffer: memoryview) -> PartValues:
-        """Part ``index``'s values, computed by reading it back from ``fd``."""
+    def values_from_disk(
+        self, fd: int, index: int, buffer: memoryview, *, digests: bool = False
+    ) -> PartValues:
+        """Part ``index``'s values, computed by reading it back from ``fd``; with
+        ``digests``, its bytes are fed to the in-order digests too (from the same reads)."""
         start, end = self.parts[index]
         hasher = self.hasher(index)
+        prefix = self._prefix if digests else None
         offset = start
         while offset < end:
             got = read_at(fd, buffer[: min(len(buffer), end - offset)], offset)
             if got <= 0:
                 break  # short: the size check reports it
-            hasher.update(buffer[:got])
+            piece = buffer[:got]
+            hasher.update(piece)
+            if prefix is not None:
+                prefix.feed(offset, piece)
             offset += got
         return hasher.values()
 
@@ -279,9 +303,9 @@ class Verifier:
         the checks that passed and its CRC-32C, or :class:`IntegrityError`."""
         buffer = memoryview(bytearray(_READ_BUFFER))
         values: dict[int, PartValues] = {}
+        # One pass: read in file order, every piece is where the digests stand.
         for index in range(len(self.parts)):
-            values[index] = self.values_from_disk(fd, index, buffer)
-            self.part_done(index, fd)
+            values[index] = self.values_from_disk(fd, index, buffer, digests=True)
         return self.verify(fd, values), whole_crc(self.parts, values)
 
     def verify(self, fd: int, values: Mapping[int, PartValues]) -> list[str]:
@@ -307,10 +331,9 @@ class Verifier:
                 verified.append(name)
         verified += self._verify_composites(fd, values)
         if self._prefix is not None:
-            for index, (start, end) in enumerate(self.parts):
-                if index not in self._marked and end > start:  # resumed, or refetched
-                    self._marked.add(index)
-                    self._prefix.mark_done(start, end - start)
+            # Every byte is in: those not fed (resumed, or written before a reset) are
+            # read back.
+            self._prefix.mark_all_done()
             for name, digest in self._prefix.finish(_reader(fd)).items():
                 verify(name, self._full_digests[name], digest, path=self.path)
                 verified.append(name)

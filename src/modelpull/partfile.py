@@ -12,8 +12,9 @@ writes parts it receives from peers instead of the store. The steps, in order:
    size), otherwise created empty and preallocated, so a full disk fails now. A resumed
    part is re-read and its CRC-32C checked against the journal's before it counts; a
    part that fails is fetched again (``parts_repaired``).
-3. :meth:`~PartFile.write` bytes at their offsets from any worker; a finished part is
-   :meth:`~PartFile.written` (it extends the in-order digests) and then
+3. :meth:`~PartFile.write` bytes at their offsets from any worker (each piece also
+   extends the in-order digests, hashed from the worker's buffer when it lands where
+   hashing stands); a finished part is :meth:`~PartFile.written` and then
    :meth:`~PartFile.record`-ed in the journal with the CRC its bytes had.
 4. Once every part is in, :meth:`~PartFile.verify` against the store's checksums (on a
    mismatch, :meth:`~PartFile.damaged` finds parts to :meth:`~PartFile.forget` and fetch
@@ -226,7 +227,7 @@ class PartFile:
         self.verifier.reset_digests()
 
     def written(self, index: int) -> None:
-        """Part ``index`` is all on disk: extend the in-order digests over it."""
+        """Part ``index`` is all on disk: hash what the in-order digests can reach now."""
         assert self.fd is not None
         self.verifier.part_done(index, self.fd)
 

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modelpull import safefs
@@ -63,7 +63,9 @@ class _LocalFile:
         self, remote: RemoteFile, state: StateDir, config: PullConfig, *, complete: bool
     ) -> None:
         self.path = remote.path
-        self.file = PartFile(state, remote, config)
+        # Parts only: the engine verifies the whole file afterwards, reading back what
+        # its digests need, so hashing received bytes here would be done twice.
+        self.file = PartFile(state, remote, replace(config, verify="off"))
         self._dest = state.dest
         self.complete = complete
         self.usable = True
