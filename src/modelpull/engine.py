@@ -73,6 +73,8 @@ log = logging.getLogger("modelpull")
 
 # How long a stopping pull waits for workers to notice before leaving them behind.
 STOP_GRACE_SECONDS = 1.5
+# Times a file another process holds is put back behind the others before it is waited for.
+MAX_DEFERRALS = 3
 # The part size of a file fetched whole, in one stream: larger than any object.
 WHOLE = 1 << 62
 
@@ -227,7 +229,15 @@ class Engine(Finishing):
                 self._gate.leave()
 
     def _hedge(self) -> None:
-        """Split the parts far slower than their peers, while workers are idle."""
+        """Split the parts far slower than their peers, while workers are idle; an
+        optimisation, so a fault of its own is logged and never fails the pull."""
+        try:
+            self._split_slow_parts()
+        except Exception:
+            log.exception("hedging failed; the pull goes on without it")
+            self._hedges = 0
+
+    def _split_slow_parts(self) -> None:
         idle = min(self._queue.idle, self._hedges)
         if idle <= 0:
             return
@@ -274,6 +284,8 @@ class Engine(Finishing):
     def _begin_part(self, job: _Job, generation: int, index: int) -> bool:
         with job.mutex:
             if job.state == "pending":
+                if self._defer(job, generation, index):
+                    return False
                 if self._fetcher.whole and job.wanted is None and len(job.file.parts) > 1:
                     self._make_whole(job)
                 try:
@@ -339,9 +351,21 @@ class Engine(Finishing):
         job.state = "active"
         self._check_complete(job)
 
+    def _defer(self, job: _Job, generation: int, index: int) -> bool:
+        """Another process holds the file's lock: put the part back and fetch other files
+        first, a few times, so that processes pulling one model into one DEST share its
+        files instead of queueing behind each other's; ``False`` to go on with it now."""
+        if job.deferrals >= MAX_DEFERRALS or job.file.acquire(timeout=0):
+            return False
+        if not self._queue.has(lambda item: isinstance(item, tuple) and item[0] is not job):
+            return False  # nothing else to do: wait for it
+        job.deferrals += 1
+        self._queue.put([(job, generation, index)])
+        return True
+
     def _lock(self, job: _Job) -> None:
         """Take the file's lock; waiting for another process says so, and ends on a stop."""
-        if job.file.acquire(timeout=0):
+        if job.file.locked or job.file.acquire(timeout=0):
             return
         holder = self._state.lock_holder(job.path)
         log.warning(

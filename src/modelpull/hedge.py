@@ -108,6 +108,8 @@ def choose(
     if len(peers) < 2:
         return []
     typical = statistics.median(peers)
+    if typical <= 0:
+        return []  # nothing moves yet: no part is slower than its peers
     picked: list[tuple[Span, int]] = []
     for span in sorted(spans, key=lambda s: rates[id(s)]):
         rate = rates[id(span)]

@@ -35,6 +35,7 @@ class Job:
     part_values: Layout | None = None
     asked_part_values: bool = False
     whole: bool = False  # one part, the whole object: the store ignores Range
+    deferrals: int = 0  # times it was put back while another process held its lock
     outcome: FileOutcome | None = None
     mutex: threading.Lock = field(default_factory=threading.Lock)
 

@@ -100,6 +100,11 @@ class PartFile:
         self._lock = lock
         return True
 
+    @property
+    def locked(self) -> bool:
+        """This pull holds the file's lock."""
+        return self._lock is not None
+
     def release(self) -> None:
         if self._lock is not None:
             self._lock.release()

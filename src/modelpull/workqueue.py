@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 __all__ = ["WorkQueue"]
@@ -44,6 +44,11 @@ class WorkQueue(Generic[T]):
                 finally:
                     self._waiting -= 1
             return self._items.popleft() if self._items and not self._closed else None
+
+    def has(self, wanted: Callable[[T], bool]) -> bool:
+        """True when some queued item is ``wanted``."""
+        with self._cond:
+            return any(wanted(item) for item in self._items)
 
     @property
     def idle(self) -> int:

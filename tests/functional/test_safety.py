@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -25,8 +26,8 @@ from modelpull.backends.tos_sdk import TosSdkBackend
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.demo import RcloneS3Server
-from tests.faults.proxy import FaultProxy
-from tests.helpers import S3Store, run_cli, start_cli
+from tests.faults.proxy import FaultProxy, Rule, delay
+from tests.helpers import S3Store, run_cli, start_cli, tree
 
 MiB = 1 << 20
 
@@ -311,6 +312,28 @@ def test_eight_processes_one_model(rclone_store: S3Store, tmp_path: Path) -> Non
     # Each file was fetched by one process; the others waited and reused it.
     assert fetched == total
     assert list((tmp_path / ".modelpull" / "incomplete").glob("*.part")) == []
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_models_files(rclone_store: S3Store, tmp_path: Path) -> None:
+    # Two pulls of one model into one DEST, started together: each takes the files the
+    # other has not locked, instead of waiting behind it file after file.
+    bucket = rclone_store.new_bucket()
+    files = {f"model-{i}.safetensors": os.urandom(2 * MiB) for i in range(6)}
+    rclone_store.put_tree(bucket, "m/", files)
+    with FaultProxy(rclone_store.endpoint_url) as proxy:
+        # About 6 MB/s per connection: each file takes a while, so the pulls overlap.
+        proxy.add_rule(Rule(delay(seconds_per_chunk=0.01), method="GET", times=None))
+        env = rclone_store.env() | {"AWS_ENDPOINT_URL": proxy.url}
+        args = ["pull", f"s3://{bucket}/m/", str(tmp_path), "--concurrency", "1", "--json"]
+        procs = [start_cli(args, env) for _ in range(2)]
+        results = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], results
+        fetched = sum(r.body_bytes for r in proxy.log if r.method == "GET" and "/m/" in r.path)
+    assert tree(tmp_path) == files
+    assert fetched == sum(map(len, files.values()))  # every byte once
+    counts = [json.loads(out)["files_fetched"] for out, _ in results]
+    assert sum(counts) == len(files) and min(counts) >= 1  # both did some of the work
 
 
 def test_lock_holder_killed_does_not_block_others(rclone_store: S3Store, tmp_path: Path) -> None:

@@ -44,3 +44,10 @@ def test_a_split_too_close_to_the_request_is_refused() -> None:
 def test_the_budget_keeps_thrown_away_bytes_under_5_percent() -> None:
     assert budget(1 << 30, MiB) * (MiB + (4 << 20)) <= 0.05 * (1 << 30)
     assert budget(1000, MiB) == 1  # one hedge always allowed
+
+
+def test_parts_that_have_not_moved_yet_are_not_compared() -> None:
+    # Every request waiting for its first byte: no rate to compare, and no division by 0.
+    still = [span(i, 0, began=0.0) for i in range(4)]
+    assert choose(still, [], now=5.0, idle=2, min_piece=MiB) == []
+    assert choose(still, [0.0, 0.0], now=5.0, idle=2, min_piece=MiB) == []
