@@ -4,8 +4,8 @@ A fixed number of requests caps a pull at that number times one connection's rat
 streams of S3's ~90 MB/s is 1.4 GB/s on a node with a 100 Gb/s link, and 16 streams of a
 far store's 16 MB/s is 256 MB/s. So unless the user pins it, the limit climbs a hill:
 
-- every window (a second of received bytes) the pull's throughput is measured;
-- while it keeps rising (by 10% or more) the limit grows by half, up to
+- every window (half a second of received bytes) the pull's throughput is measured;
+- while it keeps rising (by 10% or more) the limit doubles, up to
   ``max_concurrency`` (each request holds one I/O buffer: that is the memory bound);
 - when a growth bought nothing (throughput fell back) the limit returns to where it was;
 - when the store throttles (503 SlowDown, 429, its QPS codes) the limit halves and holds
@@ -32,8 +32,8 @@ from modelpull.retry import THROTTLE_REASONS
 
 __all__ = ["Climber", "Gate"]
 
-WINDOW_SECONDS = 1.0
-GROWTH = 1.5
+WINDOW_SECONDS = 0.5
+GROWTH = 2.0
 RISING = 1.10  # a window this much faster than the last one is a rise
 FALLING = 0.90  # a window this much slower after a growth undoes it
 HOLD_WINDOWS = 3  # after throttling, before climbing again

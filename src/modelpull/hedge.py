@@ -5,7 +5,10 @@ AWS advises re-requesting the slowest few percent of large requests. Here, once 
 waits to be started and a worker is idle, a part in flight whose rate is under a third
 of its peers' (the parts in flight and the last ones done), and that would still need
 over :data:`MIN_SECONDS_LEFT` at that rate, is *split*: its request goes on to an
-earlier end, and a fresh request on another connection fetches the rest. The split is
+earlier end, and a fresh request on another connection fetches the rest. So is a part
+at its peers' pace with over :data:`TAIL_SECONDS` to go: on a far store, where each
+connection is slow, the last few large parts would otherwise run alone while the
+other workers wait. The split is
 where both should finish together: the slow request keeps its rate's share of the two.
 
 No byte is written twice: each range belongs to one request, and the split is made
@@ -31,7 +34,8 @@ from modelpull.hashing import PartValues
 
 __all__ = ["MIN_SECONDS_LEFT", "Recent", "Span", "budget", "choose"]
 
-MIN_SECONDS_LEFT = 2.0  # a part that would end sooner is left alone
+MIN_SECONDS_LEFT = 2.0  # a slow part that would end sooner is left alone
+TAIL_SECONDS = 3.0  # a part at its peers' pace is split when this much of it is left
 SLOWER = 3.0  # "much slower": under a third of the peers' median rate
 MIN_AGE = 1.0  # seconds a request must have run before its rate means anything
 EXTRA_EGRESS = 0.05  # of the pull's bytes, at most, thrown away by hedges
@@ -111,12 +115,15 @@ def choose(
     if typical <= 0:
         return []  # nothing moves yet: no part is slower than its peers
     picked: list[tuple[Span, int]] = []
-    for span in sorted(spans, key=lambda s: rates[id(s)]):
+    # Longest to go first: a slow part, or a long one at its peers' pace that would keep
+    # the pull running alone while workers wait (a far store's few large parts).
+    for span in sorted(spans, key=lambda s: _time_left(s, rates[id(s)]), reverse=True):
         rate = rates[id(span)]
         left = span.end - span.offset
         if span.hedged or now - span.began < MIN_AGE or left < 2 * min_piece:
             continue
-        if rate * SLOWER > typical or left < rate * MIN_SECONDS_LEFT:
+        slow = rate * SLOWER <= typical and left >= rate * MIN_SECONDS_LEFT
+        if not slow and left < rate * TAIL_SECONDS:
             continue
         # Both finish together when the slow one keeps its rate's share of the rest.
         share = int(left * rate / (rate + typical))
@@ -128,6 +135,10 @@ def choose(
         if len(picked) == idle:
             break
     return picked
+
+
+def _time_left(span: Span, rate: float) -> float:
+    return (span.end - span.offset) / rate if rate > 0 else float("inf")
 
 
 class Recent:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from modelpull.concurrency import Climber, Gate
+from modelpull.concurrency import WINDOW_SECONDS, Climber, Gate
 from modelpull.events import BytesTransferred, ConcurrencyChanged, Event, PartRetried
 
 
@@ -19,35 +19,35 @@ class Sim:
         self.climber = Climber(self.gate, maximum, self.events.append, clock=lambda: self.now)
 
     def window(self, rate: float, *, busy: bool = True, throttled: bool = False) -> int:
-        """One second at ``rate`` bytes/s with the gate full (or nearly empty); the limit."""
+        """One window at ``rate`` bytes/s with the gate full (or nearly empty); the limit."""
         self.gate.active = self.gate.limit if busy else 1
         if throttled:
             self.climber(PartRetried(path="w", reason="SlowDown", attempt=1, delay=0.1))
-        for _ in range(8):  # eighths of a second add up to exactly one
-            self.now += 0.125
-            self.climber(BytesTransferred(path="w", bytes=int(rate / 8)))
+        for _ in range(8):  # eighths of a window (a power of two) add up to exactly one
+            self.now += WINDOW_SECONDS / 8
+            self.climber(BytesTransferred(path="w", bytes=int(rate * WINDOW_SECONDS / 8)))
         return self.gate.limit
 
 
 def test_the_limit_climbs_while_throughput_rises_up_to_the_maximum() -> None:
     sim = Sim()
     limits = [sim.window(rate) for rate in (100e6, 150e6, 220e6, 330e6, 500e6, 750e6)]
-    assert limits == [24, 36, 54, 64, 64, 64]
-    assert [e.limit for e in sim.events if isinstance(e, ConcurrencyChanged)] == [24, 36, 54, 64]
+    assert limits == [32, 64, 64, 64, 64, 64]
+    assert [e.limit for e in sim.events if isinstance(e, ConcurrencyChanged)] == [32, 64]
 
 
 def test_a_growth_that_bought_nothing_is_undone() -> None:
     sim = Sim()
-    assert sim.window(100e6) == 24  # first window: try more
+    assert sim.window(100e6) == 32  # first window: try more
     assert sim.window(80e6) == 16  # slower with more: back to where it was
 
 
 def test_a_flat_stretch_holds_then_probes() -> None:
     sim = Sim()
-    sim.window(100e6)  # 24
+    sim.window(100e6)  # 32
     limits = [sim.window(100e6) for _ in range(6)]
-    assert limits[:4] == [24, 24, 24, 24]
-    assert 36 in limits[4:]  # a probe after a few flat windows
+    assert limits[:4] == [32, 32, 32, 32]
+    assert 64 in limits[4:]  # a probe after a few flat windows
 
 
 def test_throttling_halves_the_limit_and_holds_it() -> None:
@@ -55,7 +55,7 @@ def test_throttling_halves_the_limit_and_holds_it() -> None:
     assert sim.window(100e6, throttled=True) == 16
     # Held for a few windows even though throughput rises, then climbing again.
     assert [sim.window(r) for r in (120e6, 150e6, 200e6)] == [16, 16, 16]
-    assert sim.window(300e6) == 24
+    assert sim.window(300e6) == 32
 
 
 def test_too_little_work_in_flight_says_nothing_about_the_limit() -> None:
