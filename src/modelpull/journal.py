@@ -107,7 +107,7 @@ class Journal:
 def _parse(text: str, obj: ObjectInfo, part_size: int, parts: int) -> dict[int, int]:
     try:
         data: Any = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested too deep
         raise _Unusable("it is not valid JSON") from None
     if not isinstance(data, dict):
         raise _Unusable("it is not a JSON object")
@@ -122,8 +122,9 @@ def _parse(text: str, obj: ObjectInfo, part_size: int, parts: int) -> dict[int, 
         raise _Unusable("its list of parts is malformed")
     done: dict[int, int] = {}
     for key, value in entries.items():
-        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
-            raise _Unusable(f"part {key!r} is not a part number")
+        # At most 12 digits: int() refuses over 4,300, and no file has a trillion parts.
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 12):
+            raise _Unusable(f"part {key[:20]!r} is not a part number")
         index = int(key)
         if index >= parts:
             raise _Unusable(f"part {index} is out of range (the file has {parts})")

@@ -151,8 +151,9 @@ class StateDir:
             record = Record(**json.loads(data)) if data is not None else None
         except UnsafePathError:
             raise
-        except (OSError, ValueError, TypeError):
-            return None  # damaged: the file is simply fetched again
+        except (OSError, ValueError, TypeError, RecursionError):
+            # Damaged (RecursionError: JSON nested too deep): the file is fetched again.
+            return None
         if record is None or not record.well_formed() or record.path != path:
             return None
         return record

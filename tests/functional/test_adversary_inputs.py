@@ -1,0 +1,93 @@
+"""The adversary's findings against modelpull's inputs: its own state files damaged in
+ways the journal and record checks did not foresee, and garbage in flags, environment
+variables and AIBrix's extra config. Every one must end as modelpull's own error (one
+line, a documented exit code) or be discarded with a warning; never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import modelpull
+from modelpull.config import PullConfig
+from modelpull.resolve import resolve
+from modelpull.state import StateDir
+from modelpull.transfer import transfer
+from tests.helpers import S3Store, run_cli
+
+MiB = 1 << 20
+DATA = os.urandom(3 * MiB + 1000)  # four 1 MiB parts, the last short
+NESTED = "[" * 100_000  # JSON nested deeper than the parser's recursion limit
+
+
+def pull(store: S3Store, uri: str, dest: Path) -> modelpull.PullResult:
+    config = store.config(part_size=MiB, io_chunk_size=256 << 10, concurrency=2)
+    return modelpull.pull(uri, dest, config=config, credentials=store.credentials)
+
+
+def partial(store: S3Store, uri: str, dest: Path, parts: set[int]) -> None:
+    """What a pull killed midway leaves: some parts in the temp file and the journal."""
+    config = store.config(part_size=MiB, io_chunk_size=256 << 10, concurrency=2)
+    with resolve(uri, config, store.credentials) as target:
+        listed = modelpull.list_objects(target)
+        transfer(target, listed, dest, lambda event: None, only={f.path: parts for f in listed})
+
+
+@pytest.fixture
+def uri(moto_store: S3Store) -> str:
+    bucket = moto_store.new_bucket()
+    moto_store.put(bucket, "m/w.bin", DATA)
+    return f"s3://{bucket}/m/"
+
+
+# --- damaged journals and records --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "journal",
+    [
+        # A part number of 5,000 digits: Python refuses to make it an int (ValueError).
+        lambda j: json.dumps(j | {"done": {"1" * 5000: 1}}),
+        NESTED,  # json.loads raises RecursionError, which is no ValueError
+    ],
+    ids=["part-number-of-5000-digits", "nested"],
+)
+def test_a_journal_that_breaks_the_parser_is_discarded_with_one_warning(
+    moto_store: S3Store, uri: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, journal: Any
+) -> None:
+    partial(moto_store, uri, tmp_path, {0, 1})
+    path = StateDir(tmp_path).journal_path("w.bin")
+    made = journal if isinstance(journal, str) else journal(json.loads(path.read_text()))
+    path.write_text(made)
+    with caplog.at_level(logging.WARNING, logger="modelpull"):
+        result = pull(moto_store, uri, tmp_path)
+    assert (tmp_path / "w.bin").read_bytes() == DATA
+    warnings = [r.getMessage() for r in caplog.records if "resume journal" in r.getMessage()]
+    assert len(warnings) == 1 and "fetched again" in warnings[0]
+    assert result.bytes_downloaded == len(DATA)  # nothing trusted from it
+
+
+def test_a_nested_record_is_ignored_and_the_file_checked_again(
+    moto_store: S3Store, uri: str, tmp_path: Path
+) -> None:
+    """Without a usable record the file in DEST is a copy of unknown origin: it is
+    adopted only once checked against the store (json.loads raised RecursionError)."""
+    pull(moto_store, uri, tmp_path)
+    StateDir(tmp_path).record_path("w.bin").write_text(NESTED)
+    result = pull(moto_store, uri, tmp_path)
+    assert (tmp_path / "w.bin").read_bytes() == DATA
+    assert [f.status for f in result.files] == ["adopted"]
+    # The CLI too: one clean run, whatever the record holds.
+    StateDir(tmp_path).record_path("w.bin").write_text(NESTED)
+    done = run_cli(["pull", uri, str(tmp_path)], moto_store.env())
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+
+
