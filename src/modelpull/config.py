@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 from modelpull.errors import UsageError
 from modelpull.units import (
+    MAX_DURATION,
+    MAX_SIZE,
     parse_bool,
     parse_duration,
     parse_int,
@@ -384,16 +386,19 @@ class PullConfig:
             )
         if self.verify not in ("auto", "strict", "off"):
             raise UsageError(f"invalid verify mode {self.verify!r}: use auto, strict or off")
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
-            raise UsageError("timeouts must be positive")
-        if self.speed_limit < 0:
+        # Written "not 0 < x <= MAX" so that NaN (every comparison false) fails too: a
+        # NaN or infinite speed time kills the watchdog's thread, and with it every
+        # stall check; an infinite timeout overflows the socket's time_t.
+        for name in ("connect_timeout", "read_timeout", "speed_time", "deadline"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= MAX_DURATION:
+                raise UsageError(
+                    f"{name.replace('_', ' ')} must be positive and at most a year (seconds)"
+                )
+        if not 0 <= self.speed_limit <= MAX_SIZE:
             raise UsageError("speed limit must be 0 (off) or more bytes per second")
-        if self.speed_time <= 0:
-            raise UsageError("speed time must be positive")
         if self.max_attempts < 1:
             raise UsageError("max attempts must be at least 1")
-        if self.deadline is not None and self.deadline <= 0:
-            raise UsageError("deadline must be positive")
         if self.max_bandwidth is not None and self.max_bandwidth < 64 * 1024:
             raise UsageError("max bandwidth must be at least 64KiB per second")
 

@@ -7,6 +7,8 @@ import re
 from modelpull.errors import UsageError
 
 __all__ = [
+    "MAX_DURATION",
+    "MAX_SIZE",
     "format_rate",
     "format_size",
     "parse_bool",
@@ -37,6 +39,11 @@ _SIZE_UNITS = {
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+# Bounds past which a number is a typo, not a setting: a 400-digit size is infinity as a
+# float (int() of it raises OverflowError), a century of seconds overflows a socket's
+# time_t, and a rate times such a window is infinity again. No offset exceeds off_t.
+MAX_SIZE = (1 << 63) - 1
+MAX_DURATION = 365 * 86400.0
 
 
 def parse_size(text: str | int, *, what: str = "size") -> int:
@@ -49,7 +56,10 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
         raise UsageError(
             f"invalid {what} {text!r}: use bytes or a number with a unit such as 64MiB or 8MB"
         )
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    value = float(match.group(1)) * _SIZE_UNITS[unit]
+    if not value <= MAX_SIZE:  # also infinity
+        raise UsageError(f"invalid {what} {text!r}: too big (at most {MAX_SIZE} bytes)")
+    return int(value)
 
 
 def parse_duration(text: str | float, *, what: str = "duration") -> float:
@@ -60,7 +70,10 @@ def parse_duration(text: str | float, *, what: str = "duration") -> float:
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _DURATION_UNITS:
         raise UsageError(f"invalid {what} {text!r}: use seconds, or a number with s, ms, m or h")
-    return float(match.group(1)) * _DURATION_UNITS[unit]
+    value = float(match.group(1)) * _DURATION_UNITS[unit]
+    if not value <= MAX_DURATION:  # also infinity
+        raise UsageError(f"invalid {what} {text!r}: too long (at most a year, 31536000s)")
+    return value
 
 
 def format_size(n: float) -> str:

@@ -91,3 +91,68 @@ def test_a_nested_record_is_ignored_and_the_file_checked_again(
     assert "Traceback" not in done.stderr
 
 
+# --- garbage in flags and environment variables ------------------------------------------
+
+HUGE = "9" * 400  # a float of it is inf
+
+
+def assert_usage_error(done: Any, *needles: str) -> None:
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("modelpull: error: "), done.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MODELPULL_PART_SIZE", HUGE),  # OverflowError: cannot convert float infinity
+        ("MODELPULL_MAX_BANDWIDTH", f"{HUGE}TiB"),
+        ("MODELPULL_SPEED_LIMIT", HUGE),
+        ("MODELPULL_SPEED_TIME", HUGE),  # inf seconds: the watchdog's thread dies on it
+        ("MODELPULL_SPEED_TIME", "1" + "0" * 306),  # finite, but x 1 KiB/s is inf
+        ("MODELPULL_READ_TIMEOUT", HUGE),  # no socket takes an infinite timeout
+        ("MODELPULL_CONNECT_TIMEOUT", "1" + "0" * 300),
+        ("MODELPULL_DEADLINE", HUGE),
+    ],
+)
+def test_a_number_too_big_for_the_machine_is_a_usage_error(
+    moto_store: S3Store, uri: str, tmp_path: Path, variable: str, value: str
+) -> None:
+    env = moto_store.env() | {variable: value}
+    done = run_cli(["pull", uri, str(tmp_path / "d")], env)
+    assert_usage_error(done, variable)
+    assert not (tmp_path / "d" / "w.bin").exists()
+
+
+@pytest.mark.parametrize(
+    "flag", ["--part-size", "--io-chunk-size", "--max-bandwidth", "--speed-time", "--deadline"]
+)
+def test_a_flag_too_big_for_the_machine_is_a_usage_error(
+    moto_store: S3Store, uri: str, tmp_path: Path, flag: str
+) -> None:
+    done = run_cli(["pull", uri, str(tmp_path / "d"), flag, HUGE], moto_store.env())
+    assert_usage_error(done, flag)
+
+
+@pytest.mark.parametrize("name", ["connect_timeout", "read_timeout", "speed_time", "deadline"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, 1e300], ids=["nan", "inf", "1e300"])
+def test_a_config_duration_that_no_clock_takes_is_refused(name: str, value: float) -> None:
+    """NaN passes every ``<= 0`` check; a NaN or infinite speed time killed the watchdog's
+    thread (no stall abandoned again: a pull could hang), 1e300 s overflowed time_t."""
+    with pytest.raises(modelpull.UsageError, match=name.replace("_", " ")):
+        PullConfig(**{name: value})
+
+
+def test_the_tos_sdk_mapping_refuses_numbers_that_are_not_finite() -> None:
+    from modelpull.compat.tos import from_sdk
+
+    for keyword in ("part_size", "task_num", "max_connections", "max_retry_count"):
+        for value in (float("inf"), float("nan")):
+            with pytest.raises(modelpull.UsageError, match=keyword):
+                from_sdk(environ={}, **{keyword: value})
+    for keyword in ("connection_time", "socket_timeout"):
+        with pytest.raises(modelpull.UsageError):
+            from_sdk(environ={}, **{keyword: float("inf")})

@@ -16,6 +16,7 @@ whenever a HEAD returns it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -143,16 +144,24 @@ def _warn(message: str) -> None:
 def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise UsageError(f"{name} must be a number, not {value!r}")
-    return float(value)
+    # int() of infinity raises OverflowError and NaN passes every range check as False:
+    # both, and integers beyond a float, are refused here rather than deep in a pull.
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise UsageError(f"{name} must be a finite number, not {value!r}")
+    return number
 
 
 def _rate_of(limiter: object) -> int:
     """Bytes per second of a ``tos.RateLimiter`` (its rate is not public) or a plain number."""
     if isinstance(limiter, int | float) and not isinstance(limiter, bool):
-        return int(limiter)
+        return int(_number("rate_limiter", limiter))
     rate = getattr(limiter, "_rate", None)
     if isinstance(rate, int | float) and rate > 0:
-        return int(rate)
+        return int(_number("rate_limiter", rate))
     raise UsageError(
         f"rate_limiter {limiter!r}: expected tos.RateLimiter(rate, capacity) or bytes per second"
     )
