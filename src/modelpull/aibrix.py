@@ -72,12 +72,20 @@ class _Parser(Parser):
 
 
 def _json_object(text: str) -> dict[str, Any]:
+    # The text is never echoed: it holds the secret key ("sk") when it holds one.
     try:
         value = json.loads(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid JSON {text!r}") from None
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"invalid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError("invalid JSON (nested too deep)") from None
+    except ValueError:  # an integer of over 4,300 digits
+        raise argparse.ArgumentTypeError("invalid JSON (a number too long)") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, not {text!r}")
+        kind = type(value).__name__
+        raise argparse.ArgumentTypeError(f"expected a JSON object, not a {kind}")
     return value
 
 

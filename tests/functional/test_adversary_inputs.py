@@ -156,3 +156,47 @@ def test_the_tos_sdk_mapping_refuses_numbers_that_are_not_finite() -> None:
     for keyword in ("connection_time", "socket_timeout"):
         with pytest.raises(modelpull.UsageError):
             from_sdk(environ={}, **{keyword: float("inf")})
+
+
+# --- AIBrix's --download-extra-config ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        NESTED,  # argparse lets RecursionError through: a traceback, before any handler
+        json.dumps({"endpoint": 5}),  # AttributeError: 'int' object has no attribute 'strip'
+        json.dumps({"ak": ["x"], "sk": "y"}),  # an AssertionError deep in botocore
+        json.dumps({"region": {"a": 1}}),
+    ],
+    ids=["nested", "endpoint-int", "ak-list", "region-object"],
+)
+def test_aibrix_extra_config_of_the_wrong_shape_is_a_usage_error(
+    moto_store: S3Store, uri: str, tmp_path: Path, extra: str
+) -> None:
+    args = ["--model-uri", uri, "--local-dir", str(tmp_path), "--download-extra-config", extra]
+    done = run_cli(args, moto_store.env(), module="modelpull.aibrix")
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("modelpull.aibrix: error: "), done.stderr
+    assert not list(tmp_path.rglob("w.bin"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '{"ak": "AKIDEXAMPLE", "sk": "s3cr3t-Key-42"',  # a brace short: invalid JSON
+        '["AKIDEXAMPLE", "s3cr3t-Key-42"]',  # JSON, but no object
+        '{"ak": "AKIDEXAMPLE", "sk": ["s3cr3t-Key-42"]}',  # the key in a list
+    ],
+    ids=["invalid-json", "list", "sk-list"],
+)
+def test_aibrix_extra_config_in_error_never_echoes_the_secret_key(
+    moto_store: S3Store, uri: str, tmp_path: Path, extra: str
+) -> None:
+    args = ["--model-uri", uri, "--local-dir", str(tmp_path), "--download-extra-config", extra]
+    done = run_cli(args, moto_store.env(), module="modelpull.aibrix")
+    assert done.returncode == 2, done.stderr
+    assert "s3cr3t-Key-42" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr

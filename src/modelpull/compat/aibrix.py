@@ -123,6 +123,21 @@ def _extra_int(extra: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
+def _extra_str(extra: Mapping[str, Any], name: str) -> str | None:
+    """A text value of the extra config, ``None`` when falsy (AIBrix's "extra or env").
+
+    Anything else is a usage error here rather than an AttributeError or a botocore
+    assertion once the value reaches a client."""
+    value = extra.get(name)
+    if not value:
+        return None
+    if not isinstance(value, str):
+        # The type only: the value may be a secret key in the wrong shape.
+        kind = type(value).__name__
+        raise UsageError(f"--download-extra-config {name} must be a string, not a {kind}")
+    return value
+
+
 def _suffixes(value: object) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, Sequence) or not all(isinstance(s, str) for s in items):
@@ -168,10 +183,10 @@ def settings_from_env(
         or env.get("DOWNLOADER_FORCE_DOWNLOAD", "0").upper() in _TRUE,
         check_file_exist=env.get("DOWNLOADER_CHECK_FILE_EXIST", "1").upper() in _TRUE,
         tos_version=env.get("DOWNLOADER_TOS_VERSION") or "v2",
-        ak=extra.get("ak") or None,
-        sk=extra.get("sk") or None,
-        endpoint=extra.get("endpoint") or None,
-        region=extra.get("region") or None,
+        ak=_extra_str(extra, "ak"),
+        sk=_extra_str(extra, "sk"),
+        endpoint=_extra_str(extra, "endpoint"),
+        region=_extra_str(extra, "region"),
     )
 
 
