@@ -96,6 +96,14 @@ def normalize_endpoint(url: str) -> str:
     if "://" not in text:
         text = f"https://{text}"
     parts = urlsplit(text)
+    # Checked first, and the URL never echoed: "user:password@" is no S3 credential
+    # (requests are signed with the access key), and every error message, log line and
+    # report that shows the endpoint would show the password.
+    if "@" in parts.netloc:
+        raise UsageError(
+            "the endpoint URL holds a user name or password ('...@'): remove it; S3 "
+            "requests are signed with the access key (AWS_ACCESS_KEY_ID), not by the URL"
+        )
     text = text.rstrip("/")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(

@@ -200,3 +200,26 @@ def test_aibrix_extra_config_in_error_never_echoes_the_secret_key(
     assert done.returncode == 2, done.stderr
     assert "s3cr3t-Key-42" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+# --- credentials in an endpoint URL ------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["pull", "ls"])
+def test_a_password_in_the_endpoint_url_is_never_printed(
+    moto_store: S3Store, uri: str, tmp_path: Path, command: str
+) -> None:
+    """``http://user:password@host`` is no way to give S3 credentials (requests are
+    signed with the access key); whatever it is, the password must not reach an error
+    line or the JSON report."""
+    secret = "hunter2-Secret-Pass"
+    endpoint = moto_store.endpoint_url.replace("http://", f"http://admin:{secret}@")
+    args = [command, uri, *([str(tmp_path / "d")] if command == "pull" else []), "--json"]
+    for env in (
+        moto_store.env() | {"AWS_ENDPOINT_URL": endpoint},
+        moto_store.env() | {"MODELPULL_ENDPOINT_URL": endpoint},
+    ):
+        done = run_cli(args, env)
+        assert secret not in done.stderr + done.stdout
+        assert "Traceback" not in done.stderr
+        assert done.returncode == 2, done.stderr
