@@ -128,6 +128,9 @@ class Fetcher:
                     hasher, _ = self._range(pf, span, functools.partial(_same, hasher), buffer)
                 if span.tail_done.is_set():
                     break
+        except BaseException:
+            span.abandon()
+            raise
         finally:
             if hedgeable:
                 with self._spans_lock:
@@ -146,6 +149,8 @@ class Fetcher:
         own request to combine; a failure leaves the range to that request."""
         tail = Span(span.path, span.index, span.end, span.full_end)
         try:
+            if not span.adopt_hedge(tail):
+                return  # its part failed before the hedge began
             hasher, _ = self._range(pf, tail, pf.verifier.crc_hasher, buffer)
             span.tail = hasher.values()
         except Exception as exc:  # the part's own request fetches the range instead

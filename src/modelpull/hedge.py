@@ -59,6 +59,8 @@ class Span:
     offset: int = 0
     hedged: bool = False
     tail: PartValues | None = None  # the hedge's values, once it succeeded
+    hedge: Span | None = None  # the hedge's own span, once it started
+    abandoned: bool = False  # the part's own request failed: its hedge writes nothing
     tail_done: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,6 +81,27 @@ class Span:
             self.end = split
             self.hedged = True
             return True
+
+    def adopt_hedge(self, hedge: Span) -> bool:
+        """The hedge starts with its own span ``hedge``; ``False`` when the part was
+        abandoned before it could."""
+        with self.lock:
+            if self.abandoned:
+                return False
+            self.hedge = hedge
+            return True
+
+    def abandon(self) -> None:
+        """The part's own request failed (its object changed, it was stopped): no byte of
+        its hedge, running or still queued, may land after this returns. The file may be
+        started over next, for another version; the hedge is not counted among the
+        file's requests in flight, so it must be cut here."""
+        with self.lock:
+            self.abandoned = True
+            hedge = self.hedge
+        if hedge is not None:
+            with hedge.lock:
+                hedge.end = hedge.offset
 
     def take_back(self) -> None:
         """The hedge failed: the part's own request fetches the tail after all."""

@@ -351,7 +351,9 @@ class Rule:
 
     ``method`` is matched exactly (``None``: any); ``path`` and ``query`` are regexes
     searched in the request target's path and query string as sent (percent-encoded);
-    ``ranged_only`` keeps requests with a ``Range`` header. Of the matching requests the
+    ``ranged_only`` keeps requests with a ``Range`` header, and ``range``, a regex searched
+    in that header (``r"^bytes=0-"``), those whose range it finds (a request without one
+    never matches it). Of the matching requests the
     first ``skip`` pass untouched; after that the rule fires ``times`` times (``None``:
     without end), each time with probability ``p`` (``None``: always) drawn from a
     ``random.Random(seed)`` of its own, so a benchmark's faults repeat run to run.
@@ -369,12 +371,14 @@ class Rule:
     p: float | None = None
     seed: int = 0
     skip: int = 0
+    range: str | None = None
     fired: int = field(default=0, init=False)
     _used: int = field(default=0, init=False, repr=False)
     _seen: int = field(default=0, init=False, repr=False)
     _rng: random.Random = field(init=False, repr=False)
     _path_re: re.Pattern[str] | None = field(init=False, repr=False)
     _query_re: re.Pattern[str] | None = field(init=False, repr=False)
+    _range_re: re.Pattern[str] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.p is not None and not 0.0 <= self.p <= 1.0:
@@ -382,13 +386,18 @@ class Rule:
         self._rng = random.Random(self.seed)
         self._path_re = re.compile(self.path) if self.path is not None else None
         self._query_re = re.compile(self.query) if self.query is not None else None
+        self._range_re = re.compile(self.range) if self.range is not None else None
 
-    def _matches(self, method: str, path: str, query: str, ranged: bool) -> bool:
+    def _matches(self, method: str, path: str, query: str, ranged: str | None) -> bool:
         return (
             (self.method is None or self.method == method)
             and (self._path_re is None or self._path_re.search(path) is not None)
             and (self._query_re is None or self._query_re.search(query) is not None)
-            and (ranged or not self.ranged_only)
+            and (ranged is not None or not self.ranged_only)
+            and (
+                self._range_re is None
+                or (ranged is not None and self._range_re.search(ranged) is not None)
+            )
         )
 
     def _should_fire(self) -> bool:
@@ -604,7 +613,7 @@ class FaultProxy:
 
     # used by the handlers
 
-    def _plan(self, method: str, path: str, query: str, ranged: bool) -> _Plan:
+    def _plan(self, method: str, path: str, query: str, ranged: str | None) -> _Plan:
         plan = _Plan()
         with self._lock:
             for rule in self._rules:
@@ -772,7 +781,7 @@ class _Handler(BaseHTTPRequestHandler):
         arrived = time.monotonic()
         target = urlsplit(self.path)
         ranged = self.headers.get("Range")
-        plan = self.proxy._plan(self.command, target.path, target.query, ranged is not None)
+        plan = self.proxy._plan(self.command, target.path, target.query, ranged)
         self.proxy._sleep(plan.before_headers)
         for action in plan.hooks:
             action.callback()

@@ -1,0 +1,95 @@
+"""The adversary's findings against the store: a store (or a race with it) that lies.
+
+Each test shows one way a hostile or broken server, or a change of the object at the
+worst moment, could make modelpull break a promise: wrong bytes under a final name, a
+traceback, an unbounded wait. Real servers (moto) behind the fault proxy; nothing mocked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import modelpull
+from modelpull.config import PullConfig
+from modelpull.events import Event, PartHedged
+from tests.helpers import S3Store
+
+from .proxy import (
+    FaultProxy,
+    Rule,
+    delay,
+    hook,
+    if_match,
+    reset_after,
+)
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+def config(proxy: FaultProxy, **overrides: Any) -> PullConfig:
+    values: dict[str, Any] = {"endpoint_url": proxy.url, "addressing_style": "path"}
+    return PullConfig(**(values | overrides))
+
+
+@pytest.fixture
+def moto_proxy(moto_store: S3Store) -> Iterator[FaultProxy]:
+    # 16 KiB chunks: a delay per chunk paces a body finely.
+    with FaultProxy(moto_store.endpoint_url, chunk_size=16 * KiB) as proxy:
+        yield proxy
+
+
+# --- a hedge still writing when its object changes ----------------------------------
+
+
+@pytest.mark.slow
+def test_a_hedge_still_in_flight_when_its_object_changes_never_lands_old_bytes(
+    moto_store: S3Store, moto_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Part 0 of slow.bin crawls and is hedged (its tail fetched by a second request);
+    then the object is replaced and part 0's own request breaks: its retry sees the new
+    ETag, so the file starts over for the new version. The hedge of the old version is
+    still streaming: none of its bytes may reach the new file."""
+    store, proxy = moto_store, moto_proxy
+    bucket = store.new_bucket()
+    client = store.client()
+    old, new = os.urandom(2 * MiB), os.urandom(2 * MiB)
+
+    def put(key: str, data: bytes) -> None:
+        client.put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm="CRC64NVME")
+
+    put("m/slow.bin", old)
+    for i in range(3):  # peers that finish at once: part 0 is far slower than them
+        put(f"m/fast-{i}.bin", os.urandom(MiB))
+    slow: dict[str, Any] = {"method": "GET", "path": "slow.bin"}
+    # Part 0's first request: 16 KiB every 0.4 s, reset after 80 KiB (about 2 s in).
+    proxy.add_rule(Rule(delay(seconds_per_chunk=0.4), range="^bytes=0-", **slow))
+    proxy.add_rule(Rule(reset_after(80 * KiB), range="^bytes=0-", **slow))
+    # The hedge of its tail (from inside the part, to its end) streams the old version.
+    tail = proxy.add_rule(
+        Rule(delay(seconds_per_chunk=0.3), range=r"^bytes=[1-9][0-9]*-1048575$", **slow)
+    )
+    # Part 0's retry finds the object replaced; the new version's part 0 takes ~3 s.
+    proxy.add_rule(Rule(hook(lambda: put("m/slow.bin", new)), range="^bytes=81920-", **slow))
+    proxy.add_rule(Rule(delay(seconds_per_chunk=0.05), range="^bytes=0-", skip=1, **slow))
+    proxy.add_rule(Rule(if_match(), method="GET", times=None))
+    events: list[Event] = []
+    modelpull.pull(
+        f"s3://{bucket}/m/",
+        tmp_path,
+        config=config(proxy, part_size=MiB, io_chunk_size=64 * KiB, concurrency=4),
+        credentials=store.credentials,
+        observers=[events.append],
+    )
+    assert [e.path for e in events if isinstance(e, PartHedged)] == ["slow.bin"]
+    assert proxy.fired(tail) == 1
+    got = (tmp_path / "slow.bin").read_bytes()
+    stale = [
+        o for o in range(0, len(new), 64 * KiB) if got[o : o + 64 * KiB] != new[o : o + 64 * KiB]
+    ]
+    assert not stale, f"old bytes at offsets {stale} of the new version"
