@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -141,9 +142,9 @@ def _limit(dest: Path, name: str, default: int) -> int:
 
 def check_dest_paths(files: Sequence[RemoteFile], dest: Path) -> None:
     """Refuse (:class:`UnsafePathError`) a file whose name, or whole path under ``dest``,
-    is longer than ``dest``'s file system allows (``PC_NAME_MAX``, ``PC_PATH_MAX``), or
-    whose folders under ``dest`` include a symlink: either would fail only once its
-    bytes were in, so it is refused before any byte moves."""
+    is longer than ``dest``'s file system allows (``PC_NAME_MAX``, ``PC_PATH_MAX``),
+    whose folders under ``dest`` include a symlink, or whose final name is a folder: each
+    would fail only once its bytes were in, so it is refused before any byte moves."""
     name_max = _limit(dest, "PC_NAME_MAX", DEFAULT_NAME_MAX)
     path_max = _limit(dest, "PC_PATH_MAX", DEFAULT_PATH_MAX)
     base = len(os.fsencode(dest.absolute())) + 1
@@ -166,7 +167,15 @@ def check_dest_paths(files: Sequence[RemoteFile], dest: Path) -> None:
                 "choose a DEST with a shorter path",
                 key=f.obj.key,
             )
-        safefs.lstat(dest, dest / f.path)  # walks the folders that exist; a link is refused
+        # Walks the folders that exist (a link among them is refused); a folder at the
+        # final name would fail the rename only once every byte of the file was in.
+        st = safefs.lstat(dest, dest / f.path)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise UnsafePathError(
+                f"refusing object key {f.obj.key!r}: {dest / f.path} is a folder, where the "
+                "file must land - move it away or exclude the file (--exclude)",
+                key=f.obj.key,
+            )
 
 
 def _check_conflicts(paths: Iterable[str]) -> None:

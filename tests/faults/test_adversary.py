@@ -17,7 +17,7 @@ import pytest
 import modelpull
 from modelpull.config import PullConfig
 from modelpull.events import Event, PartHedged
-from tests.helpers import S3Store
+from tests.helpers import S3Store, run_cli
 
 from .proxy import (
     FaultProxy,
@@ -93,3 +93,24 @@ def test_a_hedge_still_in_flight_when_its_object_changes_never_lands_old_bytes(
         o for o in range(0, len(new), 64 * KiB) if got[o : o + 64 * KiB] != new[o : o + 64 * KiB]
     ]
     assert not stale, f"old bytes at offsets {stale} of the new version"
+
+
+# --- a folder where a file must land ------------------------------------------------------
+
+
+def test_a_folder_at_a_final_name_is_refused_before_any_byte_is_fetched(
+    moto_store: S3Store, moto_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """The pull could only fail at the rename, once every byte of the file was in: it is
+    refused at planning, as a too-long name or a symlinked folder is."""
+    store, proxy = moto_store, moto_proxy
+    bucket = store.new_bucket()
+    store.put_tree(bucket, "m/", {"a.json": b"{}", "w.bin": os.urandom(3 * MiB)})
+    (tmp_path / "w.bin").mkdir()
+    (tmp_path / "w.bin" / "mine.txt").write_text("kept")
+    env = store.env() | {"AWS_ENDPOINT_URL": proxy.url}
+    done = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path), "--part-size", "1MiB"], env)
+    assert done.returncode == 6, done.stderr
+    assert "Traceback" not in done.stderr and "w.bin" in done.stderr
+    assert [r.path for r in proxy.log if r.method == "GET" and "w.bin" in r.path] == []
+    assert (tmp_path / "w.bin" / "mine.txt").read_text() == "kept"
