@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import modelpull
+from modelpull.checksums import CRC_KINDS, DIGEST_KINDS, composite
 from modelpull.config import PullConfig
 from modelpull.events import Event, PartHedged
 from tests.helpers import S3Store, run_cli
@@ -26,6 +27,7 @@ from .proxy import (
     hook,
     if_match,
     reset_after,
+    set_headers,
 )
 
 KiB = 1 << 10
@@ -93,6 +95,50 @@ def test_a_hedge_still_in_flight_when_its_object_changes_never_lands_old_bytes(
         o for o in range(0, len(new), 64 * KiB) if got[o : o + 64 * KiB] != new[o : o + 64 * KiB]
     ]
     assert not stale, f"old bytes at offsets {stale} of the new version"
+
+
+# --- composite checksums whose part counts disagree ------------------------------------
+
+
+def b64_crc32c_composite(data: bytes, part: int) -> str:
+    kind = CRC_KINDS["crc32c"]
+    return composite(
+        "crc32c", [kind.compute(data[o : o + part]) for o in range(0, len(data), part)]
+    )
+
+
+@pytest.mark.parametrize("part_size", [32 * MiB, 4 * MiB], ids=["one-get", "parts"])
+def test_composite_checksums_that_disagree_on_the_part_count_are_one_clean_error(
+    moto_store: S3Store, moto_proxy: FaultProxy, tmp_path: Path, part_size: int
+) -> None:
+    """The store says crc32c is the checksum of 2 upload parts and sha256 of 3: both
+    cannot be true. A correct crc32c-composite (8 MiB parts, the first standard size)
+    passes; the sha256 cannot be checked against that layout. That is no reason for a
+    traceback: the file is pulled, and the sha256 reported unverifiable."""
+    store, proxy = moto_store, moto_proxy
+    bucket = store.new_bucket()
+    data = os.urandom(9 * MiB)
+    store.put(bucket, "m/w.bin", data)
+    sha = DIGEST_KINDS["sha256"].encode(os.urandom(32))
+    headers = {
+        "x-amz-checksum-crc32c": b64_crc32c_composite(data, 8 * MiB),
+        "x-amz-checksum-sha256": f"{sha}-3",
+        "x-amz-checksum-type": "COMPOSITE",
+    }
+    proxy.add_rule(Rule(set_headers(headers), path="w.bin", times=None))
+    env = store.env() | {"AWS_ENDPOINT_URL": proxy.url}
+    args = ["pull", f"s3://{bucket}/m/", str(tmp_path), "--part-size", str(part_size), "--json"]
+    done = run_cli(args, env)
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "w.bin").read_bytes() == data
+    assert "crc32c-composite" in done.stdout and "unverifiable" in done.stdout
+    # --verify strict refuses what it cannot check, as one line with exit 7.
+    strict = run_cli([*args[:2], str(tmp_path / "strict"), *args[3:], "--verify", "strict"], env)
+    assert "Traceback" not in strict.stderr
+    assert strict.returncode == 7, strict.stderr
+    assert strict.stderr.strip().splitlines()[-1].startswith("modelpull: error: "), strict.stderr
+    assert not (tmp_path / "strict" / "w.bin").exists()
 
 
 # --- a folder where a file must land ------------------------------------------------------
