@@ -28,6 +28,7 @@ from .proxy import (
     if_match,
     reset_after,
     set_headers,
+    set_status,
 )
 
 KiB = 1 << 10
@@ -160,3 +161,51 @@ def test_a_folder_at_a_final_name_is_refused_before_any_byte_is_fetched(
     assert "Traceback" not in done.stderr and "w.bin" in done.stderr
     assert [r.path for r in proxy.log if r.method == "GET" and "w.bin" in r.path] == []
     assert (tmp_path / "w.bin" / "mine.txt").read_text() == "kept"
+
+
+# --- x-amz-mp-parts-count that lies ------------------------------------------------------
+
+
+def upload_in_parts(store: S3Store, bucket: str, key: str, data: bytes, part: int) -> None:
+    client = store.client()
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+    parts = []
+    for number, offset in enumerate(range(0, len(data), part), start=1):
+        answer = client.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=data[offset : offset + part],
+        )
+        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+    client.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
+    )
+
+
+def test_a_part_count_no_upload_could_have_is_not_believed(
+    moto_store: S3Store, moto_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A 6 MiB object uploaded in 2 parts (a multipart ETag, nothing else to check it
+    by): its layout is asked with ``HEAD ?partNumber=1``. A store that says 100,000 parts
+    there, and answers every part number, must not be asked 100,000 times: no upload of
+    6 MiB has that many parts (S3 allows 10,000 at most)."""
+    store, proxy = moto_store, moto_proxy
+    bucket = store.new_bucket()
+    data = os.urandom(6 * MiB)
+    upload_in_parts(store, bucket, "m/w.bin", data, 5 * MiB)
+    numbered: dict[str, Any] = {"method": "HEAD", "query": "partNumber", "times": None}
+    lie = {"x-amz-mp-parts-count": "100000", "Content-Length": str(5 * MiB)}
+    proxy.add_rule(Rule(set_headers(lie), **numbered))
+    proxy.add_rule(Rule(set_status(206), **numbered))
+    result = modelpull.pull(
+        f"s3://{bucket}/m/",
+        tmp_path,
+        config=config(proxy, part_size=MiB, deadline=30),
+        credentials=store.credentials,
+    )
+    asked = [r for r in proxy.log if r.method == "HEAD" and "partNumber" in r.query]
+    assert len(asked) <= 10, f"{len(asked)} HEAD ?partNumber= requests"
+    assert (tmp_path / "w.bin").read_bytes() == data
+    assert result.files[0].status == "fetched"

@@ -48,6 +48,7 @@ from modelpull.backends.errors import (
     names_for,
     store_error,
 )
+from modelpull.checksums import split_composite
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.errors import AccessDeniedError, ModelPullError, UsageError
@@ -84,6 +85,22 @@ def _headers(response: Mapping[str, Any]) -> Mapping[str, str]:
 
 def _checksums(headers: Mapping[str, str]) -> dict[str, str]:
     return {kind: headers[name] for name, kind in _CHECKSUM_HEADERS.items() if headers.get(name)}
+
+
+# The most parts an upload may have: S3's limit, and TOS's.
+MAX_UPLOAD_PARTS = 10_000
+
+
+def _believable(obj: ObjectInfo, count: int) -> bool:
+    """Whether ``obj`` could have been uploaded in ``count`` parts: no more than an
+    upload may have, none empty, and as many as its multipart ETag's ``-N`` says."""
+    if count > min(MAX_UPLOAD_PARTS, obj.size):
+        return False
+    try:
+        _, etag_count = split_composite(obj.etag)
+    except ValueError:
+        return True  # an ETag of another form says nothing about parts
+    return etag_count is None or etag_count == count
 
 
 def _int_header(response: Mapping[str, Any], name: str) -> int | None:
@@ -348,7 +365,9 @@ class Boto3Backend(RangedGetBackend):
         count = _int_header(first, "x-amz-mp-parts-count")
         if count is None or count < 1:
             return None  # not a multipart object, or a store that ignores partNumber
-        size1 = int(first["ContentLength"])
+        size1 = first.get("ContentLength")
+        if not _believable(obj, count) or not isinstance(size1, int):
+            return None  # a store that says so is not asked once per part it claims
         last = obj.size - (count - 1) * size1
         if checksums:
             parts = self._attribute_parts(bucket, obj, count)
