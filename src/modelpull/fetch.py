@@ -140,7 +140,7 @@ class Fetcher:
         values = hasher.values()
         if span.hedged and span.tail is not None:
             values = joined(values, span.tail, end - span.end)
-        if answer is not None and pf.learn(answer.checksums, answer.checksum_type):
+        if answer is not None and pf.learn(answer.checksums, answer.checksum_type, answer.etag_md5):
             values = pf.reread(index)  # for the checks the answer brought
         return values
 

@@ -100,7 +100,9 @@ def needs_layout(obj: ObjectInfo, mode: str) -> bool:
         return False
     full, composites = _published(obj, "")
     cheap = full or [c for c in composites if c.kind != "md5"]
-    multipart_md5 = is_multipart_etag(obj.etag) is not None and (mode == "strict" or not cheap)
+    multipart_md5 = (
+        obj.etag_md5 and is_multipart_etag(obj.etag) is not None and (mode == "strict" or not cheap)
+    )
     return bool(composites) or multipart_md5
 
 
@@ -171,7 +173,9 @@ class Verifier:
         etag = obj.etag.strip('"')
         etag_parts = is_multipart_etag(etag)
         cheap = full or [c for c in composites if c.kind != "md5"]
-        if mode == "strict" or (mode == "auto" and not cheap):
+        # An ETag the store says is no MD5 (SSE-KMS, SSE-C) checks nothing: taken for
+        # one, it failed every pull of such an object as corrupt.
+        if obj.etag_md5 and (mode == "strict" or (mode == "auto" and not cheap)):
             if _PLAIN_MD5.match(etag):
                 full["md5"] = etag.lower()
             elif etag_parts is not None:

@@ -20,7 +20,9 @@ class ObjectInfo:
     ``etag`` is without quotes. ``checksums`` maps a kind (``crc64ecma``, ``crc64nvme``,
     ``crc32c``, ``crc32``, ``sha256``) to the value as the store published it (base64
     for S3 additional checksums, decimal text for TOS's CRC-64); ``checksum_type`` is
-    S3's ``FULL_OBJECT`` or ``COMPOSITE`` when known.
+    S3's ``FULL_OBJECT`` or ``COMPOSITE`` when known. ``etag_md5`` is false when the
+    store says the ETag is no MD5 of the bytes, though it may look like one (S3's
+    SSE-KMS and SSE-C objects); a listing cannot tell.
     """
 
     key: str
@@ -28,6 +30,7 @@ class ObjectInfo:
     etag: str
     checksums: Mapping[str, str] = field(default_factory=dict)
     checksum_type: str | None = None
+    etag_md5: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -236,15 +236,18 @@ class PartFile:
         assert self.fd is not None
         self.verifier.part_done(index, self.fd)
 
-    def learn(self, checksums: Mapping[str, str], checksum_type: str | None) -> bool:
-        """The checksums a GET of the whole object answered with, for a file opened
-        without a HEAD: from now on they are checked. ``True`` when that changed the checks
-        (the part's values must then be computed again, :meth:`reread`)."""
-        if not self.headless or not checksums:
+    def learn(
+        self, checksums: Mapping[str, str], checksum_type: str | None, etag_md5: bool = True
+    ) -> bool:
+        """The checksums a GET of the whole object answered with (and whether its ETag is
+        an MD5), for a file opened without a HEAD: from now on they are checked. ``True``
+        when that changed the checks (the part's values must then be computed again,
+        :meth:`reread`)."""
+        if not self.headless or (not checksums and etag_md5):
             return False
         self.headless = False
         self.obj = dataclasses.replace(
-            self.obj, checksums=dict(checksums), checksum_type=checksum_type
+            self.obj, checksums=dict(checksums), checksum_type=checksum_type, etag_md5=etag_md5
         )
         self.verifier = Verifier(self.path, self.obj, self._config.verify)
         self.verifier.split(self._config.part_size)

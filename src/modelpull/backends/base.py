@@ -64,6 +64,7 @@ class RangeResult:
     first_byte_seconds: float | None = None
     checksums: Mapping[str, str] = field(default_factory=dict)
     checksum_type: str | None = None
+    etag_md5: bool = True  # as ObjectInfo.etag_md5
 
 
 class Backend(Protocol):
@@ -134,6 +135,7 @@ class OpenRange:
     release: Callable[[], None]
     checksums: Mapping[str, str] = field(default_factory=dict)
     checksum_type: str | None = None
+    etag_md5: bool = True  # as ObjectInfo.etag_md5
     interrupt: Interrupt | None = None
 
 
@@ -357,4 +359,5 @@ class RangedGetBackend(ABC):
             first_byte_seconds=first_byte,
             checksums=answer.checksums,
             checksum_type=answer.checksum_type,
+            etag_md5=answer.etag_md5,
         )

@@ -87,6 +87,15 @@ def _checksums(headers: Mapping[str, str]) -> dict[str, str]:
     return {kind: headers[name] for name, kind in _CHECKSUM_HEADERS.items() if headers.get(name)}
 
 
+def _etag_md5(headers: Mapping[str, str]) -> bool:
+    """False when S3 says the ETag is no MD5 of the bytes: objects encrypted with
+    SSE-KMS (``aws:kms``, ``aws:kms:dsse``) or with a customer's key (SSE-C)."""
+    sse = headers.get("x-amz-server-side-encryption", "")
+    return not sse.startswith("aws:kms") and not headers.get(
+        "x-amz-server-side-encryption-customer-algorithm"
+    )
+
+
 # The most parts an upload may have: S3's limit, and TOS's.
 MAX_UPLOAD_PARTS = 10_000
 
@@ -301,6 +310,7 @@ class Boto3Backend(RangedGetBackend):
             etag=str(response.get("ETag", "")).strip('"'),
             checksums=_checksums(headers),
             checksum_type=headers.get("x-amz-checksum-type"),
+            etag_md5=_etag_md5(headers),
         )
 
     def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
@@ -354,6 +364,7 @@ class Boto3Backend(RangedGetBackend):
             release=raw.release_conn,
             checksums=_checksums(headers),
             checksum_type=headers.get("x-amz-checksum-type"),
+            etag_md5=_etag_md5(headers),
             interrupt=socket_interrupt(raw),
         )
 
