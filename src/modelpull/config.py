@@ -80,6 +80,7 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_SPEED_LIMIT = 1024
 DEFAULT_SPEED_TIME = 20.0
 MIN_PART_SIZE = 1 * MiB
+MAX_IO_CHUNK_SIZE = 256 * MiB
 MAX_CONCURRENCY = 512
 
 
@@ -378,8 +379,12 @@ class PullConfig:
                 raise UsageError(f"{name.replace('_', ' ')} must be 1 to {MAX_CONCURRENCY}")
         if self.part_size < MIN_PART_SIZE:
             raise UsageError("part size must be at least 1MiB")
-        if not 4096 <= self.io_chunk_size <= self.part_size:
-            raise UsageError("I/O chunk size must be between 4KiB and the part size")
+        # Each worker holds one buffer of it (up to 512 workers): an exabyte passed the
+        # part-size bound and killed the workers with MemoryError.
+        if not 4096 <= self.io_chunk_size <= min(self.part_size, MAX_IO_CHUNK_SIZE):
+            raise UsageError(
+                "I/O chunk size must be between 4KiB and the part size, 256MiB at most"
+            )
         if self.addressing_style not in ("auto", "path", "virtual"):
             raise UsageError(
                 f"invalid addressing style {self.addressing_style!r}: use auto, path or virtual"

@@ -223,3 +223,13 @@ def test_a_password_in_the_endpoint_url_is_never_printed(
         assert secret not in done.stderr + done.stdout
         assert "Traceback" not in done.stderr
         assert done.returncode == 2, done.stderr
+
+
+def test_an_io_buffer_no_machine_has_is_a_usage_error(
+    moto_store: S3Store, uri: str, tmp_path: Path
+) -> None:
+    """Each worker allocates one ``--io-chunk-size`` buffer; the part size was its only
+    bound, so an exabyte of both passed every check."""
+    huge = ["--part-size", "1000000TB", "--io-chunk-size", "1000000TB"]
+    done = run_cli(["pull", uri, str(tmp_path / "d"), *huge], moto_store.env())
+    assert_usage_error(done, "I/O chunk size")
