@@ -108,6 +108,7 @@ def b64_crc32c_composite(data: bytes, part: int) -> str:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part_size", [32 * MiB, 4 * MiB], ids=["one-get", "parts"])
 def test_composite_checksums_that_disagree_on_the_part_count_are_one_clean_error(
     moto_store: S3Store, moto_proxy: FaultProxy, tmp_path: Path, part_size: int

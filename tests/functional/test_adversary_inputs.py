@@ -117,6 +117,7 @@ def assert_usage_error(done: Any, *needles: str) -> None:
         ("MODELPULL_CONNECT_TIMEOUT", "1" + "0" * 300),
         ("MODELPULL_DEADLINE", HUGE),
     ],
+    ids=lambda value: value if value.startswith("MODELPULL_") else f"{len(value)}-chars",
 )
 def test_a_number_too_big_for_the_machine_is_a_usage_error(
     moto_store: S3Store, uri: str, tmp_path: Path, variable: str, value: str
