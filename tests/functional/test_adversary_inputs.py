@@ -234,3 +234,13 @@ def test_an_io_buffer_no_machine_has_is_a_usage_error(
     huge = ["--part-size", "1000000TB", "--io-chunk-size", "1000000TB"]
     done = run_cli(["pull", uri, str(tmp_path / "d"), *huge], moto_store.env())
     assert_usage_error(done, "I/O chunk size")
+
+
+def test_an_aws_config_file_that_does_not_parse_is_a_usage_error(
+    moto_store: S3Store, uri: str, tmp_path: Path
+) -> None:
+    """A broken ``~/.aws/config`` is the user's to fix, not 'other store error' (10)."""
+    config = tmp_path / "aws-config"
+    config.write_text("[default\nregion = us-east-1\n")
+    done = run_cli(["ls", uri], moto_store.env() | {"AWS_CONFIG_FILE": str(config)})
+    assert_usage_error(done, "AWS_CONFIG_FILE")

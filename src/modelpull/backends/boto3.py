@@ -177,6 +177,8 @@ def translate(exc: BaseException, site: Site) -> ModelPullError:
         )
     if isinstance(exc, bexc.ProfileNotFound):
         return UsageError(f"{exc}: check --profile / AWS_PROFILE against ~/.aws/config")
+    if isinstance(exc, bexc.ConfigParseError):  # a local file, no store error (exit 10)
+        return UsageError(f"{exc}: check AWS_CONFIG_FILE / ~/.aws/config")
     if isinstance(exc, bexc.ParamValidationError):
         return UsageError(f"invalid request for {site}: {exc}")
     return fault_error(fault_of(exc, _FAULTS), exc, site)
