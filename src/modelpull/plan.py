@@ -67,7 +67,7 @@ def safe_relpath(key: str, prefix: str) -> str:
         problem = "it contains a NUL or a backslash"
     elif any(seg in ("", ".", "..") for seg in segments):
         problem = "it has an empty, '.' or '..' segment"
-    elif segments[0] == STATE_DIR:
+    elif segments[0].casefold() == STATE_DIR:  # .MODELPULL is it on a case-blind file system
         problem = f"it would write into modelpull's {STATE_DIR}/ folder"
     if problem is not None:
         raise UnsafePathError(

@@ -17,6 +17,7 @@ import pytest
 
 import modelpull
 from modelpull.config import PullConfig
+from modelpull.plan import safe_relpath
 from modelpull.resolve import resolve
 from modelpull.state import StateDir
 from modelpull.transfer import transfer
@@ -244,3 +245,41 @@ def test_an_aws_config_file_that_does_not_parse_is_a_usage_error(
     config.write_text("[default\nregion = us-east-1\n")
     done = run_cli(["ls", uri], moto_store.env() | {"AWS_CONFIG_FILE": str(config)})
     assert_usage_error(done, "AWS_CONFIG_FILE")
+
+
+# --- sizes at the edges of a part ----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verify", ["auto", "strict"])
+def test_sizes_at_the_edges_of_a_part_with_one_buffer_a_part(
+    store: S3Store, tmp_path: Path, verify: str
+) -> None:
+    """Empty, one byte, a part less one, a part, a part and one byte, two parts: with
+    ``--part-size`` equal to ``--io-chunk-size`` and one request at a time; then again
+    (all kept) and with --check-existing (all read back)."""
+    bucket = store.new_bucket()
+    sizes = [0, 1, MiB - 1, MiB, MiB + 1, 2 * MiB]
+    files = {f"s{size}.bin": os.urandom(size) for size in sizes}
+    for name, data in files.items():
+        store.client().put_object(
+            Bucket=bucket, Key=f"m/{name}", Body=data, ChecksumAlgorithm="CRC32C"
+        )
+    args = ["pull", f"s3://{bucket}/m/", str(tmp_path), "--part-size", "1MiB"]
+    args += ["--io-chunk-size", "1MiB", "--concurrency", "1", "--verify", verify, "--json"]
+    for extra in ([], [], ["--check-existing"]):
+        done = run_cli([*args, *extra], store.env())
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        for name, data in files.items():
+            assert (tmp_path / name).read_bytes() == data, name
+    report = json.loads(done.stdout)
+    assert {f["path"]: f["status"] for f in report["files"]} == dict.fromkeys(files, "skipped")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*files, ".modelpull"])
+
+
+@pytest.mark.parametrize("folder", [".MODELPULL", ".ModelPull"])
+def test_a_key_into_the_state_folder_in_other_case_is_refused(folder: str) -> None:
+    """On a case-blind file system (macOS, ext4 casefold) it is the state folder."""
+    with pytest.raises(modelpull.UnsafePathError, match="modelpull's"):
+        safe_relpath(f"m/{folder}/records/x.json", "m/")
