@@ -113,7 +113,9 @@ class Fetcher:
         """
         start, end = pf.parts[index]
         span = Span(pf.path, index, start, end)
-        hedgeable = pf.verifier.splittable and not self.whole
+        # Nor a file fetched without a HEAD: its one GET's headers bring its checksums,
+        # and a request a hedge cut short ends without them (only the ETag was checked).
+        hedgeable = pf.verifier.splittable and not self.whole and not pf.headless
         if hedgeable:
             with self._spans_lock:
                 self._spans[(pf.path, index)] = span

@@ -263,3 +263,38 @@ def test_a_small_sse_kms_object_fetched_in_one_get_is_not_taken_for_corrupt(
         assert "WARNING" not in done.stderr, done.stderr
         assert (tmp_path / "config.json").read_bytes() == data
         assert [r.method for r in proxy.log if "config.json" in r.path] == ["HEAD", "GET"]
+
+
+# --- a hedged file of one GET -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_hedged_file_of_one_get_still_checks_the_checksums_its_get_brings(
+    moto_store: S3Store, moto_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A file of one part is fetched without a HEAD: its GET's headers are the only
+    place its checksums come from. A slow one hedged (its request ended early, the tail
+    fetched by another) must not lose them: crc64nvme is checked, not the ETag alone."""
+    store, proxy = moto_store, moto_proxy
+    bucket = store.new_bucket()
+    client = store.client()
+    data = os.urandom(MiB)
+    client.put_object(Bucket=bucket, Key="m/slow.bin", Body=data, ChecksumAlgorithm="CRC64NVME")
+    for i in range(3):
+        client.put_object(Bucket=bucket, Key=f"m/fast-{i}.bin", Body=os.urandom(MiB))
+    # The file's one GET (no Range) crawls; a hedge of its tail would not.
+    proxy.add_rule(Rule(delay(seconds_per_chunk=0.05), method="GET", path="slow.bin", times=1))
+    events: list[Event] = []
+    result = modelpull.pull(
+        f"s3://{bucket}/m/",
+        tmp_path,
+        config=config(proxy, part_size=4 * MiB, io_chunk_size=64 * KiB, concurrency=4),
+        credentials=store.credentials,
+        observers=[events.append],
+    )
+    assert (tmp_path / "slow.bin").read_bytes() == data
+    slow = next(f for f in result.files if f.path == "slow.bin")
+    assert "crc64nvme" in slow.verified, slow.verified
+    # Fetched whole by its one GET, or split: either way its checksums were checked.
+    hedged = [e.path for e in events if isinstance(e, PartHedged)]
+    assert hedged in ([], ["slow.bin"])
