@@ -238,7 +238,8 @@ class PullConfig:
         env=("MODELPULL_IO_CHUNK_SIZE",),
         parse=parse_size,
         unit="bytes",
-        doc="Buffer per request: bytes read from the socket before each write to disk.",
+        doc="Buffer per request: bytes read from the socket before each write to disk "
+        "(4KiB to the part size, 256MiB at most).",
         flag=Flag("--io-chunk-size", "SIZE", PULL_COMMANDS),
     )
     connect_timeout: float = _opt(
