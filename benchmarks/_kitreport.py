@@ -109,8 +109,17 @@ class ScenarioResult:
         }
 
 
+def _column_arm(scenario: ScenarioResult, arm: str) -> str:
+    """The arm shown in ``arm``'s overview column: a scenario that runs modelpull only as
+    another command (``verify``) shows that arm under modelpull, rather than nothing."""
+    if arm != "modelpull" or arm in scenario.arms:
+        return arm
+    others = [a for a in scenario.arms if a.startswith("modelpull-") and a not in OVERVIEW]
+    return others[0] if others else arm
+
+
 def _cell(scenario: ScenarioResult, arm: str) -> str:
-    result = scenario.arms.get(arm)
+    result = scenario.arms.get(_column_arm(scenario, arm))
     if result is None:
         return ""
     if result.failed is not None and not result.runs:

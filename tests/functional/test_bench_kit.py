@@ -165,3 +165,18 @@ def test_kit_quick_run_verifies_outputs_and_writes_the_report(tmp_path: Path) ->
     assert markdown in proc.stdout
     # The work folder (models, stores, destinations) is gone.
     assert [p.name for p in tmp_path.iterdir()] == ["results"]
+
+
+def test_a_scenario_that_runs_modelpull_as_another_command_shows_it_in_the_overview() -> None:
+    from benchmarks._kitreport import ArmResult, Run, ScenarioResult, markdown
+
+    run = Run(1, 2.0, 829.0, 2.6, 1.6, 85.0, verified=True)
+    arm = ArmResult("modelpull-verify", "modelpull verify URI DEST", "modelpull verify", [run])
+    scenario = ScenarioResult("verify", "modelpull verify", "rclone", 8, 1_605_660_748, False)
+    scenario.arms[arm.arm] = arm
+    overview = markdown([scenario], {"rounds": 1, "quick": False}, {}).split("\n## ")[0]
+    row = next(line for line in overview.splitlines() if line.startswith("| verify: "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # scenario, model, s5cmd, boto3-default, boto3-aibrix, modelpull, noverify, ratio
+    assert cells[5] == "829 (829-829), 1.6 CPU-s/GB"
+    assert cells[2:5] == ["", "", ""] and cells[6] == ""
