@@ -36,6 +36,8 @@ class Job:
     asked_part_values: bool = False
     whole: bool = False  # one part, the whole object: the store ignores Range
     deferrals: int = 0  # times it was put back while another process held its lock
+    # Each part's CRC-32C as written, from a download no guessed upload layout fitted.
+    unfitted: tuple[tuple[int, int], ...] | None = None
     outcome: FileOutcome | None = None
     mutex: threading.Lock = field(default_factory=threading.Lock)
 

@@ -8,6 +8,7 @@ traceback, an unbounded wait. Real servers (moto) behind the fault proxy; nothin
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -311,21 +312,16 @@ def multipart_etag(data: bytes, part: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a mismatch under every guessed layout is taken for 'part size unknown', never "
-    "for damage: the file is placed, unverifiable; fix: refetch once, and call it "
-    "unverifiable only if the second download has the same bytes (same part CRCs)",
-)
 def test_damaged_bytes_checked_by_a_guessed_multipart_layout_never_reach_the_final_name(
     rclone_store: S3Store, tmp_path: Path
 ) -> None:
     """An object uploaded in the AWS CLI's 8 MiB parts, whose store publishes only its
     multipart ETag and will not say the layout (no ``HEAD ?partNumber=``): the check
     guesses the standard part sizes, and the first guess is right (the control pull
-    verifies 'multipart-etag'). One flipped byte then fails every guess, which is read
-    as 'the layout is unknown' rather than 'the bytes are wrong': the damaged file is
-    placed under its final name, exit 0, with a warning."""
+    verifies 'multipart-etag'). One flipped byte then fails every guess, which was read
+    as 'the layout is unknown' rather than 'the bytes are wrong': the damaged file was
+    placed under its final name, exit 0, with a warning. Now the file is fetched again,
+    and the clean second download fits the guess."""
     store = rclone_store
     bucket = store.new_bucket()
     data = os.urandom(20 * MiB)
@@ -340,5 +336,43 @@ def test_damaged_bytes_checked_by_a_guessed_multipart_layout_never_reach_the_fin
         assert '"multipart-etag"' in control.stdout, control.stdout  # the guess is right
         proxy.add_rule(Rule(flip_byte(12345), method="GET", path="w.bin", range="^bytes=0-"))
         done = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path / "b"), *args], env)
-    final = tmp_path / "b" / "w.bin"
-    assert not final.exists() or final.read_bytes() == data, (done.returncode, done.stderr)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "b" / "w.bin").read_bytes() == data
+    assert '"multipart-etag"' in done.stdout  # the second download fitted the guess
+    assert "fetching it again, to tell damaged bytes" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("downloads_agree", [True, False])
+def test_a_part_size_no_guess_knows_is_told_from_damage_by_a_second_download(
+    rclone_store: S3Store, tmp_path: Path, downloads_agree: bool
+) -> None:
+    """7 MiB upload parts: the 8 MiB guess fits the size and the part count but not the
+    bytes. Two downloads that agree are placed, reported unverifiable; downloads that
+    differ every time (a byte flipped at another offset in each) fail with exit 7."""
+    store = rclone_store
+    bucket = store.new_bucket()
+    data = os.urandom(20 * MiB)
+    store.put(bucket, "m/w.bin", data)
+    with FaultProxy(store.endpoint_url) as proxy:
+        etag = {"ETag": f'"{multipart_etag(data, 7 * MiB)}"'}
+        proxy.add_rule(Rule(set_headers(etag), path="w.bin", times=None))
+        if not downloads_agree:
+            for k in range(3):
+                first = "^bytes=0-"
+                proxy.add_rule(Rule(flip_byte(100 * (k + 1)), method="GET", range=first, skip=k))
+        env = store.env() | {"AWS_ENDPOINT_URL": proxy.url}
+        done = run_cli(
+            ["pull", f"s3://{bucket}/m/", str(tmp_path), "--part-size", "4MiB", "--json"], env
+        )
+    final = tmp_path / "w.bin"
+    if downloads_agree:
+        assert done.returncode == 0, done.stderr
+        assert final.read_bytes() == data
+        report = json.loads(done.stdout)
+        assert report["files"][0]["unverifiable"] == "multipart-etag, part size unknown"
+        assert report["bytes_downloaded"] == 2 * len(data)  # fetched twice, then trusted
+    else:
+        assert done.returncode == 7, done.stderr
+        assert "3 downloads differed" in done.stderr
+        assert not final.exists()
