@@ -25,6 +25,7 @@ from modelpull.credentials import Credentials
 from modelpull.dest import check_dest, placement
 from modelpull.errors import UsageError
 from modelpull.events import Observer, PullFinished, PullStarted
+from modelpull.files import make_folder
 from modelpull.objects import RemoteFile
 from modelpull.observe.progress import ProgressDisplay
 from modelpull.plan import check_files, choose, list_remote
@@ -32,7 +33,7 @@ from modelpull.resolve import Target, resolved
 from modelpull.results import FileOutcome, PullResult
 from modelpull.retry import OnRetry, RetryPolicy, retry_events
 from modelpull.tally import Tally, dispatcher, report
-from modelpull.transfer import make_dest, transfer
+from modelpull.transfer import transfer
 from modelpull.watch import Watchdog
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def _pull(
         folder, files = watch.wait_for(
             lambda: plan(policy, retry_events(emit), watch), "modelpull-list"
         )
-        make_dest(folder)
+        make_folder(folder)
         emit(
             PullStarted(
                 backend=target.backend.name,

@@ -66,13 +66,14 @@ from modelpull.events import (
     PullFinished,
     PullStarted,
 )
+from modelpull.files import make_folder
 from modelpull.plan import check_dest_paths
 from modelpull.resolve import Target, resolved
 from modelpull.results import ClusterPullResult, FileOutcome
 from modelpull.retry import retry_events
 from modelpull.state import StateDir
 from modelpull.tally import dispatcher, report
-from modelpull.transfer import make_dest, transfer
+from modelpull.transfer import transfer
 
 __all__ = ["pull_distributed"]
 
@@ -176,7 +177,7 @@ class _Run:
             log.debug("rank %d: joined; fetchers %s", self.me, list(self.layout.fetchers))
             # After joining, so a DEST that cannot be used is reported to the others at
             # once (through this rank's final status) instead of leaving them to time out.
-            make_dest(self.target)
+            make_folder(self.target)
             plan = self._plan()
             check_dest_paths(plan.files, self.target)  # before any byte, from store or peer
             log.debug("rank %d: plan of %d files", self.me, len(plan.files))
