@@ -168,7 +168,7 @@ def test_slow_response_times_out_and_is_retried(
     assert result.retries == {"timeout": 1}
 
 
-@rclone_slow
+@pytest.mark.slow
 def test_retry_budget_is_bounded(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:
