@@ -8,6 +8,7 @@
 - :func:`tree`: what a pull left under its final names.
 - :func:`free_port`, :func:`parts_done`, :func:`wait_until`: for tests that drive
   processes from outside.
+- :data:`rclone_slow`: a ``store`` test's rclone run left to the full suite.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from botocore.config import Config
 
 from modelpull.config import PullConfig
@@ -42,6 +44,7 @@ __all__ = [
     "free_port",
     "isolated_env",
     "parts_done",
+    "rclone_slow",
     "run_cli",
     "run_command",
     "start_cli",
@@ -56,6 +59,13 @@ MOTO_CREDENTIALS = Credentials(access_key="modelpull-test", secret_key="modelpul
 REGION = "us-east-1"
 # Seconds a CLI subprocess may take before the test fails instead of hanging.
 CLI_TIMEOUT = 120.0
+
+# For a test of ``store`` whose path rclone takes as moto does (nothing in it depends on
+# how the server stores, lists or checksums): the fast lane runs it on moto, the full
+# suite on both. It parametrizes ``store`` in place of the fixture's own two params.
+rclone_slow = pytest.mark.parametrize(
+    "store", ["moto", pytest.param("rclone", marks=pytest.mark.slow)], indirect=True
+)
 
 
 def isolated_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

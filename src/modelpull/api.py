@@ -19,12 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelpull.backends.base import Backend
-from modelpull.config import PullConfig
-from modelpull.credentials import Credentials
 from modelpull.dest import check_dest, placement
 from modelpull.errors import UsageError
 from modelpull.events import Observer, PullFinished, PullStarted
+from modelpull.files import make_folder
+from modelpull.keywords import PullKeywords, ReportKeywords, SelectKeywords, SourceKeywords, accept
 from modelpull.objects import RemoteFile
 from modelpull.observe.progress import ProgressDisplay
 from modelpull.plan import check_files, choose, list_remote
@@ -32,15 +31,16 @@ from modelpull.resolve import Target, resolved
 from modelpull.results import FileOutcome, PullResult
 from modelpull.retry import OnRetry, RetryPolicy, retry_events
 from modelpull.tally import Tally, dispatcher, report
-from modelpull.transfer import make_dest, transfer
+from modelpull.transfer import transfer
 from modelpull.watch import Watchdog
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+    from typing_extensions import Unpack
 
     from modelpull.cluster.options import ClusterOptions
 
-__all__ = ["list_objects", "pull", "pull_files"]
+__all__ = ["list_objects", "pull", "pull_files", "select_files"]
 
 # What a pull fetches and the folder it runs in, chosen once its retry policy, watchdog
 # and reporting are in place.
@@ -61,8 +61,7 @@ def _with_metrics(
 def _run(
     target: Target,
     dest: str | os.PathLike[str],
-    observers: Sequence[Observer],
-    registry: CollectorRegistry | None,
+    reporting: ReportKeywords,
     plan: _Choose,
     *,
     progress: bool = False,
@@ -70,10 +69,11 @@ def _run(
 ) -> PullResult:
     """One pull: choose the files, fetch them, report; ``PullFinished`` whatever happens."""
     check_dest(Path(dest), file_ok=file_ok)
+    observers = reporting.get("observers", ())
     with contextlib.ExitStack() as stack:
         if progress:
             observers = [stack.enter_context(ProgressDisplay()), *observers]
-        return _pull(target, Path(dest), observers, registry, plan)
+        return _pull(target, Path(dest), observers, reporting.get("registry"), plan)
 
 
 def _pull(
@@ -95,7 +95,7 @@ def _pull(
         folder, files = watch.wait_for(
             lambda: plan(policy, retry_events(emit), watch), "modelpull-list"
         )
-        make_dest(folder)
+        make_folder(folder)
         emit(
             PullStarted(
                 backend=target.backend.name,
@@ -124,37 +124,40 @@ def pull(
     uri: str | Target,
     dest: str | os.PathLike[str],
     *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    preset: str | None = None,
-    config: PullConfig | None = None,
-    credentials: Credentials | None = None,
-    backend: Backend | None = None,
-    observers: Sequence[Observer] = (),
-    registry: CollectorRegistry | None = None,
     distributed: bool | ClusterOptions = False,
     progress: bool = False,
+    **kwargs: Unpack[PullKeywords],
 ) -> PullResult:
     """Pull the object or folder at ``uri`` into the folder ``dest``.
 
     ``uri`` is a URI or a :class:`~modelpull.resolve.Target` (then leave ``config``,
     ``credentials`` and ``backend`` out: the target holds them); a glob in its last
-    segment (``s3://b/m/*.json``) selects files as ``include`` does. ``include``/
-    ``exclude`` are globs on the path relative to the URI's folder (``include`` is an
-    allow-list; ``exclude`` wins); ``preset`` (``"vllm"``, see :mod:`modelpull.presets`)
-    keeps what a serving engine reads. Filters that keep none of the listed files raise
-    :class:`~modelpull.errors.NothingSelectedError` unless ``config.allow_empty``. A URI
-    naming exactly one object and a ``dest`` naming a file (no trailing slash, not an
-    existing folder) write that file, as ``aws s3 cp`` does; otherwise ``dest`` is a
-    folder. ``config`` defaults to :meth:`PullConfig.from_env` (read now); the fields a
-    given config leaves out take the environment too. ``backend`` (default: one made from
-    the config, closed at the end) is used as it is and left open. Files already
-    complete in ``dest`` (same ETag and size as recorded) are skipped unless
-    ``config.force``. ``progress=True`` draws the CLI's progress display on stderr (bars
-    on a terminal, a status line every 10 s elsewhere); default off.
-    ``observers`` receive :mod:`modelpull.events` from worker threads. ``registry``
-    (default: none) records the pull's Prometheus metrics there, adding to those of
-    earlier pulls on it (needs the ``[metrics]`` extra; see ``docs/metrics.md``).
+    segment (``s3://b/m/*.json``) selects files as ``include`` does.
+
+    Keywords, all optional (this docstring is their reference; the other functions take
+    some of them, see :mod:`modelpull.keywords`):
+
+    - ``include``/``exclude`` (sequences of globs, default none) match the path relative
+      to the URI's folder: ``include`` is an allow-list; ``exclude`` wins.
+    - ``preset`` (``"vllm"``, see :mod:`modelpull.presets`; default none) keeps what a
+      serving engine reads. Filters that keep none of the listed files raise
+      :class:`~modelpull.errors.NothingSelectedError` unless ``config.allow_empty``.
+    - ``config`` (a :class:`PullConfig`) defaults to :meth:`PullConfig.from_env` (read
+      now); the fields a given config leaves out take the environment too.
+    - ``credentials`` (default: for ``tos://``, ``TOS_ACCESS_KEY``/``TOS_SECRET_KEY``;
+      else boto3's chain).
+    - ``backend`` (default: one made from the config, closed at the end) is used as it
+      is and left open.
+    - ``observers`` receive :mod:`modelpull.events` from worker threads (default none).
+    - ``registry`` (default: none) records the pull's Prometheus metrics there, adding
+      to those of earlier pulls on it (needs the ``[metrics]`` extra; see
+      ``docs/metrics.md``).
+
+    A URI naming exactly one object and a ``dest`` naming a file (no trailing slash, not
+    an existing folder) write that file, as ``aws s3 cp`` does; otherwise ``dest`` is a
+    folder. Files already complete in ``dest`` (same ETag and size as recorded) are
+    skipped unless ``config.force``. ``progress=True`` draws the CLI's progress display
+    on stderr (bars on a terminal, a status line every 10 s elsewhere); default off.
     ``distributed=True`` runs this call as one rank of a job started by torchrun (or any
     launcher that sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``):
     each byte is fetched once per cluster and shared between nodes; see
@@ -163,14 +166,16 @@ def pull(
     timeout and fallback (default: read from the environment).
     Raises :class:`~modelpull.errors.ModelPullError` subclasses only.
     """
-    with resolved(uri, config, credentials, backend) as target, contextlib.ExitStack() as stack:
+    accept("pull", kwargs, PullKeywords)
+    with resolved(uri, kwargs) as target, contextlib.ExitStack() as stack:
         if distributed is not False:
             from modelpull.cluster import pull_distributed
 
-            if preset is not None:
+            if kwargs.get("preset") is not None:
                 raise UsageError(
                     "--preset is not supported with --distributed yet: use --include/--exclude"
                 )
+            observers = kwargs.get("observers", ())
             if progress:
                 observers = [stack.enter_context(ProgressDisplay()), *observers]
             # DEST is checked there, once expanded ({rank}) and after joining, so that the
@@ -178,35 +183,21 @@ def pull(
             return pull_distributed(
                 target,
                 dest,
-                include=include,
-                exclude=exclude,
-                observers=_with_metrics(observers, registry, target),
+                include=kwargs.get("include"),
+                exclude=kwargs.get("exclude"),
+                observers=_with_metrics(observers, kwargs.get("registry"), target),
                 options=None if distributed is True else distributed,
             )
 
         def listing(
             policy: RetryPolicy, on_retry: OnRetry, watch: Watchdog
         ) -> tuple[Path, list[RemoteFile]]:
-            listed = _list(target, policy, watch, on_retry)
-            chosen = choose(
-                listed,
-                target.uri,
-                include,
-                exclude,
-                preset=preset,
-                allow_empty=target.config.allow_empty,
-            )
+            chosen = select_files(_list(target, policy, watch, on_retry), target, kwargs)
             # Filters match the store's paths; a file DEST renames what they kept.
             return placement(target.uri, dest, chosen)
 
         return _run(
-            target,
-            dest,
-            observers,
-            registry,
-            listing,
-            progress=progress,
-            file_ok=not target.uri.is_folder,
+            target, dest, kwargs, listing, progress=progress, file_ok=not target.uri.is_folder
         )
 
 
@@ -215,12 +206,8 @@ def pull_files(
     files: Sequence[RemoteFile],
     dest: str | os.PathLike[str],
     *,
-    config: PullConfig | None = None,
-    credentials: Credentials | None = None,
-    backend: Backend | None = None,
-    observers: Sequence[Observer] = (),
-    registry: CollectorRegistry | None = None,
     progress: bool = False,
+    **kwargs: Unpack[ReportKeywords],
 ) -> PullResult:
     """Pull ``files``, already listed under ``uri``, into the folder ``dest``: :func:`pull`
     without its listing.
@@ -228,40 +215,52 @@ def pull_files(
     ``files`` come from :func:`list_objects` (the same URI), kept or dropped as the
     caller likes; each lands at its ``path`` under ``dest``. Their paths are checked
     again (relative, normalised, no file inside another), since a caller may have made
-    them. Every other argument is :func:`pull`'s. Files already complete are skipped
+    them. ``progress`` and the keywords (``config``, ``credentials``, ``backend``,
+    ``observers``, ``registry``) are :func:`pull`'s. Files already complete are skipped
     unless ``config.force``, as in :func:`pull`.
     """
+    accept("pull_files", kwargs, ReportKeywords)
     chosen = check_files(files)
-    with resolved(uri, config, credentials, backend) as target:
+    with resolved(uri, kwargs) as target:
         folder = Path(dest)
         return _run(
             target,
             dest,
-            observers,
-            registry,
+            kwargs,
             lambda policy, on_retry, watch: (folder, chosen),
             progress=progress,
         )
 
 
-def list_objects(
-    uri: str | Target,
-    *,
-    config: PullConfig | None = None,
-    credentials: Credentials | None = None,
-    backend: Backend | None = None,
-) -> list[RemoteFile]:
+def list_objects(uri: str | Target, **kwargs: Unpack[SourceKeywords]) -> list[RemoteFile]:
     """The files :func:`pull` would consider for ``uri``, sorted by relative path; for a
     wildcard URI, those its glob matches.
 
     Transient failures are retried, stalls abandoned and the deadline kept as a pull's
-    listing's are. Arguments are :func:`pull`'s.
+    listing's are. The keywords (``config``, ``credentials``, ``backend``) are
+    :func:`pull`'s.
     """
-    with resolved(uri, config, credentials, backend) as target:
+    accept("list_objects", kwargs, SourceKeywords)
+    with resolved(uri, kwargs) as target:
         policy = RetryPolicy.from_config(target.config)
         with Watchdog.for_config(target.config, started=policy.started) as watch:
             listed = watch.wait_for(lambda: _list(target, policy, watch), "modelpull-list")
-        return choose(listed, target.uri, allow_empty=target.config.allow_empty)
+        return select_files(listed, target, {})
+
+
+def select_files(
+    listed: Sequence[RemoteFile], target: Target, filters: SelectKeywords
+) -> list[RemoteFile]:
+    """What a pull of ``target`` keeps of its listing: :func:`modelpull.plan.choose` with
+    the ``include``, ``exclude`` and ``preset`` of a call's keywords."""
+    return choose(
+        listed,
+        target.uri,
+        filters.get("include"),
+        filters.get("exclude"),
+        preset=filters.get("preset"),
+        allow_empty=target.config.allow_empty,
+    )
 
 
 def _list(

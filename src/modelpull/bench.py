@@ -34,10 +34,10 @@ from modelpull.backends import BACKENDS
 from modelpull.config import PullConfig
 from modelpull.errors import (
     BackendUnavailableError,
-    DestinationError,
     ModelPullError,
     UsageError,
 )
+from modelpull.files import make_folder
 from modelpull.resolve import Target
 from modelpull.text import escape_controls
 from modelpull.units import format_size, parse_size
@@ -304,12 +304,7 @@ def check_dirs(out_dir: Path, work_dir: Path | None) -> None:
     """Create ``out_dir``; check ``work_dir`` is a writable folder. One-line errors."""
     if work_dir is not None and not (work_dir.is_dir() and os.access(work_dir, os.W_OK | os.X_OK)):
         raise UsageError(f"--work-dir {work_dir}: not an existing, writable folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DestinationError(
-            f"--output {out_dir}: cannot create it: {exc.strerror or exc}", errno=exc.errno
-        ) from None
+    make_folder(out_dir, option="--output")
 
 
 def available_arms(

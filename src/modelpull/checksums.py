@@ -213,34 +213,10 @@ _CRC32 = anycrc.Model("CRC32-ISO-HDLC")
 CRC_KINDS: Mapping[str, CrcKind] = {
     kind.name: kind
     for kind in (
-        CrcKind(
-            name="crc64ecma",
-            width=64,
-            encoding="decimal",
-            _update=_XZ.calc,
-            _combine=_XZ.combine,
-        ),
-        CrcKind(
-            name="crc64nvme",
-            width=64,
-            encoding="base64",
-            _update=crt.crc64nvme,
-            _combine=crt.combine_crc64nvme,
-        ),
-        CrcKind(
-            name="crc32c",
-            width=32,
-            encoding="base64",
-            _update=crt.crc32c,
-            _combine=crt.combine_crc32c,
-        ),
-        CrcKind(
-            name="crc32",
-            width=32,
-            encoding="base64",
-            _update=_CRC32.calc,
-            _combine=_CRC32.combine,
-        ),
+        CrcKind("crc64ecma", 64, "decimal", _XZ.calc, _XZ.combine),
+        CrcKind("crc64nvme", 64, "base64", crt.crc64nvme, crt.combine_crc64nvme),
+        CrcKind("crc32c", 32, "base64", crt.crc32c, crt.combine_crc32c),
+        CrcKind("crc32", 32, "base64", _CRC32.calc, _CRC32.combine),
     )
 }
 DIGEST_KINDS: Mapping[str, DigestKind] = {

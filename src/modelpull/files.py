@@ -1,4 +1,5 @@
-"""Files on disk: how a file is split into parts, preallocated, and renamed into place."""
+"""Files on disk: how a file is split into parts, preallocated, and renamed into place;
+the folders they go in."""
 
 from __future__ import annotations
 
@@ -8,16 +9,30 @@ from collections.abc import Container, Sequence
 from pathlib import Path
 
 from modelpull import safefs
+from modelpull.errors import DestinationError
 from modelpull.safefs import dest_error
 
 __all__ = [
     "bytes_in",
     "dest_error",
+    "make_folder",
     "place",
     "preallocate",
     "read_at",
     "split_parts",
 ]
+
+
+def make_folder(path: Path, *, option: str | None = None) -> None:
+    """Create ``path`` and its parents, or raise :class:`~modelpull.errors.DestinationError`
+    naming it (and the ``option`` that gave it, such as ``--output``)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        named = f"{path} ({option})" if option else str(path)
+        raise DestinationError(
+            f"cannot create {named}: {exc.strerror or exc}", errno=exc.errno
+        ) from exc
 
 
 def split_parts(size: int, part_size: int) -> list[tuple[int, int]]:

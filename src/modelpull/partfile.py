@@ -132,14 +132,7 @@ class PartFile:
         self.verifier = Verifier(self.path, self.obj, self._config.verify, layout)
         self.parts = self.verifier.split(self._config.part_size)
         self.started = time.monotonic()
-        journal = Journal.load(
-            self._journal_path,
-            self.obj,
-            self._config.part_size,
-            len(self.parts),
-            self.temp,
-            dest=self._state.dest,
-        )
+        journal = self._saved_journal()
         self._journal_on_disk = journal is not None
         if journal is None and not create:
             return False
@@ -190,7 +183,12 @@ class PartFile:
     def resumable(self) -> frozenset[int]:
         """Parts a journal holds for this object, read without locking or opening anything
         (they are re-checked when the file is opened)."""
-        journal = Journal.load(
+        journal = self._saved_journal()
+        return frozenset(journal.done) if journal is not None else frozenset()
+
+    def _saved_journal(self) -> Journal | None:
+        """The resume journal on disk if it describes exactly this download, else ``None``."""
+        return Journal.load(
             self._journal_path,
             self.obj,
             self._config.part_size,
@@ -198,7 +196,6 @@ class PartFile:
             self.temp,
             dest=self._state.dest,
         )
-        return frozenset(journal.done) if journal is not None else frozenset()
 
     def all_done(self) -> bool:
         return self.journal is not None and len(self.journal.done) >= len(self.parts)

@@ -16,22 +16,24 @@ changing anything, and sorts each file into one of:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from modelpull.backends.base import Backend
+from modelpull.api import select_files
 from modelpull.config import PullConfig
-from modelpull.credentials import Credentials
 from modelpull.dest import check_dest, placement
 from modelpull.files import bytes_in
+from modelpull.keywords import SelectKeywords, accept
 from modelpull.objects import ObjectInfo, RemoteFile
 from modelpull.partfile import PartFile
-from modelpull.plan import choose, list_remote
+from modelpull.plan import list_remote
 from modelpull.resolve import Target, resolved
 from modelpull.retry import RetryPolicy
 from modelpull.state import StateDir
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Action", "PlannedFile", "PullPreview", "preview", "unrecorded_copy"]
 
@@ -113,34 +115,21 @@ def _classify(state: StateDir, remote: RemoteFile, config: PullConfig) -> Planne
 
 
 def preview(
-    uri: str | Target,
-    dest: str | os.PathLike[str],
-    *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    preset: str | None = None,
-    config: PullConfig | None = None,
-    credentials: Credentials | None = None,
-    backend: Backend | None = None,
+    uri: str | Target, dest: str | os.PathLike[str], **kwargs: Unpack[SelectKeywords]
 ) -> PullPreview:
     """What ``pull(uri, dest, ...)`` with the same arguments would do, without doing it.
 
-    Lists the store (read-only requests) and reads DEST; writes nothing anywhere.
-    Raises what :func:`modelpull.pull` raises before it fetches (not found, nothing
-    selected, a DEST that cannot be written, ...).
+    Lists the store (read-only requests) and reads DEST; writes nothing anywhere. The
+    keywords (``include``, ``exclude``, ``preset``, ``config``, ``credentials``,
+    ``backend``) are :func:`modelpull.pull`'s. Raises what :func:`modelpull.pull` raises
+    before it fetches (not found, nothing selected, a DEST that cannot be written, ...).
     """
-    with resolved(uri, config, credentials, backend) as target:
+    accept("preview", kwargs, SelectKeywords)
+    with resolved(uri, kwargs) as target:
         check_dest(Path(dest), file_ok=not target.uri.is_folder)
         policy = RetryPolicy.from_config(target.config)
         listed = policy.call(lambda: list_remote(target.backend, target.uri))
-        chosen = choose(
-            listed,
-            target.uri,
-            include,
-            exclude,
-            preset=preset,
-            allow_empty=target.config.allow_empty,
-        )
+        chosen = select_files(listed, target, kwargs)
         folder, files = placement(target.uri, dest, chosen)
         state = StateDir(folder)
         planned = tuple(_classify(state, f, target.config) for f in files)

@@ -32,7 +32,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelpull.backends import Backend, make_backend
 from modelpull.config import PullConfig
@@ -46,6 +46,9 @@ from modelpull.uri import (
     to_native_endpoint,
     to_s3_endpoint,
 )
+
+if TYPE_CHECKING:
+    from modelpull.keywords import SourceKeywords
 
 __all__ = [
     "TOS_ENV",
@@ -210,14 +213,15 @@ def resolve(
 
 
 @contextmanager
-def resolved(
-    uri: str | Target,
-    config: PullConfig | None = None,
-    credentials: Credentials | None = None,
-    backend: Backend | None = None,
-) -> Iterator[Target]:
-    """The target for one call: ``uri`` itself when it is one (its resolver closes it),
-    else one resolved now and closed when the block ends."""
+def resolved(uri: str | Target, given: SourceKeywords) -> Iterator[Target]:
+    """The target for one call of a public function, from its URI and the ``config``,
+    ``credentials`` and ``backend`` keywords it was ``given``: ``uri`` itself when it is
+    one (its resolver closes it), else one resolved now and closed when the block ends."""
+    config, credentials, backend = (
+        given.get("config"),
+        given.get("credentials"),
+        given.get("backend"),
+    )
     if isinstance(uri, Target):
         if config is not None or credentials is not None or backend is not None:
             raise UsageError(

@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelpull.api import pull_files
-from modelpull.backends.base import Backend
-from modelpull.config import PullConfig
-from modelpull.credentials import Credentials
-from modelpull.events import Observer
-from modelpull.plan import choose, is_exact, list_remote, safe_relpath
+from modelpull.api import pull_files, select_files
+from modelpull.keywords import PullKeywords, accept
+from modelpull.plan import is_exact, list_remote, safe_relpath
 from modelpull.resolve import Target, resolved
 from modelpull.retry import RetryPolicy
 from modelpull.uri import ObjectURI
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    from typing_extensions import Unpack
 
 __all__ = ["CACHE_ENV", "cache_folder", "cache_root", "snapshot"]
 
@@ -66,26 +63,20 @@ def snapshot(
     uri: str | Target,
     dest: str | os.PathLike[str] | None = None,
     *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    preset: str | None = None,
-    config: PullConfig | None = None,
-    credentials: Credentials | None = None,
-    backend: Backend | None = None,
-    observers: Sequence[Observer] = (),
-    registry: CollectorRegistry | None = None,
     progress: bool | None = None,
     environ: Mapping[str, str] | None = None,
+    **kwargs: Unpack[PullKeywords],
 ) -> Path:
     """Pull ``uri`` and return the local folder that holds it.
 
     ``dest`` (a folder) defaults to :func:`cache_folder` under :func:`cache_root`.
-    ``progress`` defaults to on when stderr is a terminal. Every other argument is
+    ``progress`` defaults to on when stderr is a terminal. The keywords are
     :func:`modelpull.pull`'s; files already complete are skipped, so calling it again is
     cheap. Raises :class:`~modelpull.errors.ModelPullError` subclasses only.
     """
+    accept("snapshot", kwargs, PullKeywords)
     show = sys.stderr.isatty() if progress is None else progress
-    with resolved(uri, config, credentials, backend) as target:
+    with resolved(uri, kwargs) as target:
         policy = RetryPolicy.from_config(target.config)
         listed = policy.call(lambda: list_remote(target.backend, target.uri))
         folder = (
@@ -95,13 +86,13 @@ def snapshot(
                 target.uri, exact=is_exact(target.uri, listed), root=cache_root(environ)
             )
         )
-        files = choose(
-            listed,
-            target.uri,
-            include,
-            exclude,
-            preset=preset,
-            allow_empty=target.config.allow_empty,
+        files = select_files(listed, target, kwargs)
+        pull_files(
+            target,
+            files,
+            folder,
+            observers=kwargs.get("observers", ()),
+            registry=kwargs.get("registry"),
+            progress=show,
         )
-        pull_files(target, files, folder, observers=observers, registry=registry, progress=show)
     return folder

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from modelpull.config import PullConfig
 from modelpull.engine import Engine
-from modelpull.errors import DestinationError
 from modelpull.events import Event
+from modelpull.files import make_folder
 from modelpull.objects import RemoteFile
 from modelpull.plan import check_dest_paths
 from modelpull.resolve import Target
@@ -20,17 +20,7 @@ from modelpull.results import FileOutcome
 from modelpull.retry import RetryPolicy
 from modelpull.watch import Watchdog
 
-__all__ = ["make_dest", "transfer"]
-
-
-def make_dest(dest: Path) -> None:
-    """Create DEST (and its parents) or raise :class:`~modelpull.errors.DestinationError`."""
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DestinationError(
-            f"cannot create {dest}: {exc.strerror or exc}", errno=exc.errno
-        ) from exc
+__all__ = ["transfer"]
 
 
 def transfer(
@@ -54,7 +44,7 @@ def transfer(
     running watchdog (default: one of the engine's own, for this run). Events go to
     ``emit`` alone: reports (``PullStarted``, ``PullFinished``, results) are the caller's.
     """
-    make_dest(dest)
+    make_folder(dest)
     check_dest_paths(files, dest)
     engine = Engine(
         target.backend,

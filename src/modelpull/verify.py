@@ -13,20 +13,19 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelpull import safefs
 from modelpull.api import list_objects
-from modelpull.backends.base import Backend
 from modelpull.config import PullConfig
-from modelpull.credentials import Credentials
 from modelpull.errors import IntegrityError, ModelPullError
 from modelpull.events import Event
 from modelpull.fetch import Fetcher
 from modelpull.integrity import needs_layout
+from modelpull.keywords import FilterKeywords, accept
 from modelpull.objects import RemoteFile
 from modelpull.partfile import PartFile
 from modelpull.plan import select
@@ -34,6 +33,9 @@ from modelpull.resolve import Target, resolved
 from modelpull.retry import RetryPolicy
 from modelpull.state import StateDir
 from modelpull.watch import Watchdog
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["FileCheck", "VerifyResult", "verify"]
 
@@ -91,26 +93,21 @@ class VerifyResult:
 
 
 def verify(
-    uri: str | Target,
-    dest: str | os.PathLike[str],
-    *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    config: PullConfig | None = None,
-    credentials: Credentials | None = None,
-    backend: Backend | None = None,
+    uri: str | Target, dest: str | os.PathLike[str], **kwargs: Unpack[FilterKeywords]
 ) -> VerifyResult:
     """Check every file ``uri`` names (after the filters) in ``dest`` against the store.
 
-    Arguments are :func:`modelpull.pull`'s. Raises
-    :class:`~modelpull.errors.ModelPullError` for a failed listing or HEAD; a bad or
-    missing file is a verdict in the result, not an error.
+    The keywords (``include``, ``exclude``, ``config``, ``credentials``, ``backend``) are
+    :func:`modelpull.pull`'s. Raises :class:`~modelpull.errors.ModelPullError` for a
+    failed listing or HEAD; a bad or missing file is a verdict in the result, not an
+    error.
     """
+    accept("verify", kwargs, FilterKeywords)
     started = time.monotonic()
     folder = Path(dest)
-    with resolved(uri, config, credentials, backend) as target:
+    with resolved(uri, kwargs) as target:
         cfg = target.config
-        files = select(list_objects(target), include, exclude)
+        files = select(list_objects(target), kwargs.get("include"), kwargs.get("exclude"))
         policy = RetryPolicy.from_config(cfg)
         with Watchdog.for_config(cfg, started=policy.started) as watch:
             fetcher = Fetcher(target.backend, target.bucket, _ignore, policy, watch)

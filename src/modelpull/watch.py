@@ -57,7 +57,14 @@ POLL_SECONDS = 0.2
 # a disk that hangs must not hang the monitor.
 ABORT_WAIT_SECONDS = 0.5
 
-_local = threading.local()
+
+class _Flying(threading.local):
+    """The request the calling thread is making: each thread sees its own."""
+
+    flight: Flight | None = None
+
+
+_local = _Flying()
 
 
 class Stopped(Exception):
@@ -66,8 +73,7 @@ class Stopped(Exception):
 
 def current() -> Flight | None:
     """The flight of the request the calling thread is making, if any."""
-    flight: Flight | None = getattr(_local, "flight", None)
-    return flight
+    return _local.flight
 
 
 @dataclass(frozen=True, slots=True)

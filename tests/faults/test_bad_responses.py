@@ -25,7 +25,7 @@ from modelpull.demo.rclone import RcloneS3Server
 from modelpull.errors import RangeIgnoredError, RetriesExhaustedError
 from modelpull.objects import ObjectInfo
 from modelpull.retry import RetryPolicy
-from tests.helpers import S3Store
+from tests.helpers import S3Store, rclone_slow
 
 from .proxy import (
     FaultProxy,
@@ -80,6 +80,7 @@ def on_second_part(action: Any, times: int | None = 1) -> Rule:
         "bytes */12345",
     ],
 )
+@rclone_slow
 def test_wrong_content_range_is_a_server_fault(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path, content_range: str
 ) -> None:
@@ -100,6 +101,7 @@ def test_missing_content_range_is_retried(
     assert result.retries == {"bad_response": 1}
 
 
+@rclone_slow
 def test_unexpected_status_is_retried(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:
@@ -109,6 +111,7 @@ def test_unexpected_status_is_retried(
     assert result.retries == {"bad_response": 1}
 
 
+@rclone_slow
 def test_a_range_ignored_once_is_retried_and_named(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:
@@ -128,6 +131,7 @@ def test_a_new_etag_means_the_object_changed(
     assert not (tmp_path / "w.bin").exists()
 
 
+@rclone_slow
 def test_a_new_etag_on_a_broken_answer_is_a_server_fault(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:

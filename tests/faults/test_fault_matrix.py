@@ -80,6 +80,7 @@ def by_cell(run: Mapping[str, Any]) -> dict[tuple[str, str, str], Record]:
     return {(c["fault"], c["variant"], c["tool"]): c for c in run["cells"]}
 
 
+@pytest.mark.slow
 def test_modelpull_still_does_what_the_committed_matrix_says(
     committed: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -26,7 +26,7 @@ import modelpull
 from modelpull.config import PullConfig
 from modelpull.events import BytesTransferred, Event, Observer
 from modelpull.state import StateDir
-from tests.helpers import S3Store, parts_done, run_cli, start_cli, wait_until
+from tests.helpers import S3Store, parts_done, rclone_slow, run_cli, start_cli, wait_until
 
 from .proxy import FaultProxy, RequestRecord, Rule, ignore_range, reset_after, stall, trickle
 
@@ -308,6 +308,7 @@ def bytes_by_path(events: list[Event]) -> dict[str, int]:
     return totals
 
 
+@rclone_slow
 def test_a_store_that_ignores_range_is_read_whole_with_one_warning(
     store: S3Store,
     proxy: FaultProxy,
@@ -335,6 +336,7 @@ def test_a_store_that_ignores_range_is_read_whole_with_one_warning(
     assert bytes_by_path(events) == {"w.bin": len(DATA), "other.bin": len(OTHER), "config.json": 2}
 
 
+@rclone_slow
 def test_a_broken_whole_stream_starts_over_from_byte_0(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:

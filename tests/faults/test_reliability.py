@@ -15,7 +15,7 @@ import modelpull
 from modelpull.checksums import CRC_KINDS
 from modelpull.config import PullConfig
 from modelpull.events import Event, FileVerified
-from tests.helpers import S3Store, run_cli
+from tests.helpers import S3Store, rclone_slow, run_cli
 
 from .proxy import (
     FaultProxy,
@@ -110,6 +110,7 @@ def test_reset_mid_body_is_retried(
     assert retried == f"bytes={resumed}-{end}"
 
 
+@rclone_slow
 def test_broken_part_resumes_from_the_byte_reached(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:
@@ -136,6 +137,7 @@ def test_truncated_body_is_retried(
 @pytest.mark.parametrize(
     ("code", "s3_code"), [(503, "SlowDown"), (500, "InternalError"), (503, "ServiceUnavailable")]
 )
+@rclone_slow
 def test_server_errors_are_retried(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path, code: int, s3_code: str
 ) -> None:
@@ -166,6 +168,7 @@ def test_slow_response_times_out_and_is_retried(
     assert result.retries == {"timeout": 1}
 
 
+@pytest.mark.slow
 def test_retry_budget_is_bounded(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:
@@ -186,6 +189,7 @@ def test_retry_budget_is_bounded(
         (404, "NoSuchKey", modelpull.ObjectNotFoundError),
     ],
 )
+@rclone_slow
 def test_permanent_errors_are_not_retried(
     store: S3Store,
     proxy: FaultProxy,
@@ -235,6 +239,7 @@ def _crc64(data: bytes) -> str:
     return kind.encode(kind.compute(data))
 
 
+@rclone_slow
 def test_tos_crc64_header_is_verified(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path
 ) -> None:
@@ -271,6 +276,7 @@ def test_wrong_crc64_header_is_caught(
 
 
 @pytest.mark.parametrize("kind", ["crc32c", "crc64nvme", "crc32"])
+@rclone_slow
 def test_s3_additional_checksums(
     store: S3Store, proxy: FaultProxy, bucket: str, tmp_path: Path, kind: str
 ) -> None:

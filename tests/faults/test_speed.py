@@ -65,6 +65,7 @@ def test_adaptive_concurrency_climbs_on_a_slow_link_and_pulls_the_right_bytes(
     assert result.to_dict()["concurrency"] == result.concurrency
 
 
+@pytest.mark.slow
 def test_pinned_concurrency_stays_put(rclone_store: S3Store, model: str, tmp_path: Path) -> None:
     result = modelpull.pull(
         model,

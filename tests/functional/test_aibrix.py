@@ -28,7 +28,7 @@ from modelpull.aibrix import download_model, download_with_report
 from modelpull.compat import CompatWarning
 from modelpull.events import BytesTransferred, Event, FileDone, FileQueued
 from tests.faults.proxy import FaultProxy
-from tests.helpers import S3Store, isolated_env, run_cli, start_cli, tree, wait_until
+from tests.helpers import S3Store, isolated_env, rclone_slow, run_cli, start_cli, tree, wait_until
 
 MiB = 1 << 20
 FILES = {
@@ -150,6 +150,7 @@ def test_switch_then_roll_back_fetches_nothing_again(
     assert (tmp_path / "llama-3" / "config.json").read_bytes() == FILES["config.json"]
 
 
+@rclone_slow
 def test_aibrix_locks_are_held_while_pulling(
     bucket: str, aibrix_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -226,6 +227,7 @@ def test_an_interrupted_pull_leaves_aibrix_state_for_every_finished_file(
     assert aibrix_reference(store, name, "models/m/", tmp_path, "m") == 1
 
 
+@rclone_slow
 def test_model_name_and_local_dir_defaults(
     bucket: str, aibrix_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -251,6 +253,7 @@ def test_allow_file_suffix(
     assert {o.path for o in report.result.files} == {"README.md"}
 
 
+@rclone_slow
 def test_allow_file_suffix_does_not_filter_a_single_file(
     bucket: str, aibrix_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -279,6 +282,7 @@ def test_force_download(
     assert forced.already_present == 0
 
 
+@rclone_slow
 def test_num_threads_and_io_chunksize(
     bucket: str, aibrix_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -409,6 +413,7 @@ def test_progress_bar_flag(bucket: str, aibrix_env: dict[str, str], tmp_path: Pa
         ([], 2, "--model-uri"),
     ],
 )
+@rclone_slow
 def test_usage_errors(
     aibrix_env: dict[str, str], tmp_path: Path, args: list[str], code: int, message: str
 ) -> None:

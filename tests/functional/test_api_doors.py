@@ -12,7 +12,7 @@ import pytest
 
 import modelpull
 from modelpull.events import BytesTransferred, Event
-from tests.helpers import S3Store, tree
+from tests.helpers import S3Store, rclone_slow, tree
 
 MiB = 1 << 20
 FILES = {
@@ -62,6 +62,7 @@ class Terminal(io.StringIO):
         raise io.UnsupportedOperation("no descriptor")
 
 
+@rclone_slow
 def test_progress_true_draws_the_cli_display(
     store: S3Store, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -77,6 +78,7 @@ def test_progress_true_draws_the_cli_display(
     assert quiet.getvalue() == ""  # off by default
 
 
+@rclone_slow
 def test_snapshot_returns_the_cached_folder(
     store: S3Store, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -113,6 +115,7 @@ def test_preset_keeps_what_vllm_reads(
     ]
 
 
+@rclone_slow
 def test_one_object_to_a_file_path(
     store: S3Store, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -129,6 +132,7 @@ def test_one_object_to_a_file_path(
     assert (tmp_path / "other").is_file() and kept.files_fetched == 1
 
 
+@rclone_slow
 def test_nothing_selected_is_an_object_not_found_error(
     store: S3Store, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import S3Store, cli_command, run_cli
+from tests.helpers import S3Store, cli_command, rclone_slow, run_cli
 
 MiB = 1 << 20
 
@@ -91,6 +91,7 @@ def test_plain_summary_and_ls(store: S3Store, bucket: str, tmp_path: Path) -> No
     assert [r["path"] for r in rows] == ["config.json", "w.safetensors"]
 
 
+@rclone_slow
 def test_env_configures_the_pull(store: S3Store, bucket: str, tmp_path: Path) -> None:
     env = store.env() | {"MODELPULL_PART_SIZE": "1MiB", "MODELPULL_CONCURRENCY": "2"}
     proc = run_cli(
@@ -150,6 +151,7 @@ def test_no_credentials(rclone_store: S3Store, tmp_path: Path) -> None:
     )
 
 
+@rclone_slow
 def test_unreachable_endpoint(store: S3Store, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -180,6 +182,7 @@ def test_endpoint_without_scheme_gets_https(store: S3Store, bucket: str, tmp_pat
     assert "Traceback" not in proc.stderr
 
 
+@rclone_slow
 def test_dest_is_a_file(store: S3Store, bucket: str, tmp_path: Path) -> None:
     dest = tmp_path / "file"
     dest.write_text("x")
@@ -191,6 +194,7 @@ def test_dest_is_a_file(store: S3Store, bucket: str, tmp_path: Path) -> None:
     )
 
 
+@rclone_slow
 def test_dest_not_writable(store: S3Store, bucket: str, tmp_path: Path) -> None:
     dest = tmp_path / "ro"
     dest.mkdir()
@@ -221,6 +225,7 @@ def test_dest_not_writable(store: S3Store, bucket: str, tmp_path: Path) -> None:
         (["--addressing-style", "sideways"], "addressing style"),
     ],
 )
+@rclone_slow
 def test_invalid_flag_values(store: S3Store, tmp_path: Path, flags: list[str], needle: str) -> None:
     proc = run_cli(["pull", "s3://bucket/m/", str(tmp_path / "d"), *flags], store.env())
     assert_clean_failure(proc, 2, needle)
@@ -233,6 +238,7 @@ def test_invalid_env_value(store: S3Store, tmp_path: Path) -> None:
     )
 
 
+@rclone_slow
 def test_progress_on_a_terminal(store: S3Store, bucket: str, tmp_path: Path) -> None:
     """On a terminal the progress bar shows bytes, rate and ETA."""
     pid, fd = pty.fork()
@@ -259,6 +265,7 @@ def test_progress_on_a_terminal(store: S3Store, bucket: str, tmp_path: Path) -> 
     assert "100%" in text and "3.00M" in text and "B/s" in text, text
 
 
+@rclone_slow
 def test_no_progress_on_a_pipe(store: S3Store, bucket: str, tmp_path: Path) -> None:
     proc = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path)], store.env())
     assert proc.returncode == 0

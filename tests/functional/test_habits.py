@@ -19,7 +19,7 @@ import pytest
 from modelpull import config
 from modelpull.cli import main
 from modelpull.demo.rclone import RcloneS3Server
-from tests.helpers import S3Store, tree
+from tests.helpers import S3Store, rclone_slow, tree
 
 MiB = 1 << 20
 WEIGHTS = os.urandom(2 * MiB + 3)
@@ -102,6 +102,7 @@ def test_s3_endpoint_url_is_honoured(
 # -- wildcards -----------------------------------------------------------------------------
 
 
+@rclone_slow
 def test_a_wildcard_uri_is_an_include(
     store: S3Store,
     bucket: str,
@@ -130,6 +131,7 @@ def test_a_wildcard_uri_is_an_include(
 # -- one object to a file ------------------------------------------------------------------
 
 
+@rclone_slow
 def test_one_object_to_a_file_dest(
     store: S3Store,
     bucket: str,
@@ -169,6 +171,7 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+@rclone_slow
 def test_dry_run_says_what_it_would_do_and_writes_nothing(
     store: S3Store,
     bucket: str,
@@ -240,6 +243,7 @@ def test_a_misspelt_variable_is_named_once(
         (["--include", "m/*.json"], ["relative to", "not whole keys"]),
     ],
 )
+@rclone_slow
 def test_a_pull_that_selects_nothing_fails(
     store: S3Store,
     bucket: str,

@@ -22,7 +22,7 @@ from modelpull.events import Event, FileDone
 from modelpull.observe.export import export_metrics, serve
 from modelpull.observe.logs import LogObserver, setup_logging
 from modelpull.observe.metrics import MetricsObserver
-from tests.helpers import S3Store, free_port, start_cli, tree
+from tests.helpers import S3Store, free_port, rclone_slow, start_cli, tree
 
 MiB = 1 << 20
 FILES = {
@@ -78,6 +78,7 @@ def on_disk(root: Path) -> int:
 # -- the Python API ----------------------------------------------------------------------
 
 
+@rclone_slow
 def test_scrape_during_a_pull_and_after(store: S3Store, bucket: str, tmp_path: Path) -> None:
     metrics = MetricsObserver(backend="boto3", bucket=bucket)
     mid_pull: list[str] = []
@@ -126,6 +127,7 @@ def test_scrape_during_a_pull_and_after(store: S3Store, bucket: str, tmp_path: P
     assert total(final, "modelpull_checksums_verified_total") >= len(FILES)
 
 
+@rclone_slow
 def test_second_pull_counts_skipped_files(store: S3Store, bucket: str, tmp_path: Path) -> None:
     uri, cfg = f"s3://{bucket}/m/", store.config()
     modelpull.pull(uri, tmp_path, config=cfg, credentials=store.credentials)
@@ -170,6 +172,7 @@ def test_scrape_from_outside_while_a_slow_pull_runs(
     assert on_disk(tmp_path) == TOTAL
 
 
+@rclone_slow
 def test_pull_takes_a_registry(store: S3Store, bucket: str, tmp_path: Path) -> None:
     registry = CollectorRegistry()
     uri, cfg = f"s3://{bucket}/m/", store.config()
@@ -187,6 +190,7 @@ def test_pull_takes_a_registry(store: S3Store, bucket: str, tmp_path: Path) -> N
     assert registry.get_sample_value("modelpull_files_skipped_total", labels) == len(FILES)
 
 
+@rclone_slow
 def test_textfile_after_a_pull(store: S3Store, bucket: str, tmp_path: Path) -> None:
     path = tmp_path / "textfile" / "modelpull.prom"
     path.parent.mkdir()
@@ -297,6 +301,7 @@ def test_cli_serves_metrics_during_the_pull(store: S3Store, bucket: str, tmp_pat
     assert on_disk(tmp_path / "out") == TOTAL
 
 
+@rclone_slow
 def test_cli_textfile_and_json_logs(store: S3Store, bucket: str, tmp_path: Path) -> None:
     prom = tmp_path / "modelpull.prom"
     proc = start_cli(
@@ -323,6 +328,7 @@ def test_cli_textfile_and_json_logs(store: S3Store, bucket: str, tmp_path: Path)
     assert store.credentials.secret_key not in err + out
 
 
+@rclone_slow
 def test_cli_failed_pull_still_writes_the_textfile(store: S3Store, tmp_path: Path) -> None:
     prom = tmp_path / "modelpull.prom"
     empty = store.new_bucket()
@@ -335,6 +341,7 @@ def test_cli_failed_pull_still_writes_the_textfile(store: S3Store, tmp_path: Pat
     assert one(samples(prom.read_text()), "modelpull_pull_success") == 0
 
 
+@rclone_slow
 def test_cli_bad_metrics_flags_fail_before_the_pull(store: S3Store, tmp_path: Path) -> None:
     for flag, value, needle in (
         ("--metrics-port", "nope", "--metrics-port"),

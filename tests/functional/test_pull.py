@@ -9,7 +9,7 @@ import pytest
 
 import modelpull
 from modelpull.events import BytesTransferred, Event, FileDone, PullStarted
-from tests.helpers import S3Store, tree
+from tests.helpers import S3Store, rclone_slow, tree
 
 MiB = 1 << 20
 
@@ -86,6 +86,7 @@ def test_whole_bucket(store: S3Store, tmp_path: Path) -> None:
     assert tree(tmp_path) == {"a.json": b"a", "d/b.bin": b"bb"}
 
 
+@rclone_slow
 def test_include_exclude(
     store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
 ) -> None:
@@ -190,6 +191,7 @@ def test_object_replaced_once_is_refetched(store: S3Store, tmp_path: Path) -> No
     assert (tmp_path / "w.bin").read_bytes() == versions[-1]
 
 
+@rclone_slow
 def test_object_that_keeps_changing_fails_cleanly(store: S3Store, tmp_path: Path) -> None:
     bucket = store.new_bucket()
     store.put(bucket, "m/w.bin", os.urandom(4 * MiB))
@@ -208,6 +210,7 @@ def test_object_that_keeps_changing_fails_cleanly(store: S3Store, tmp_path: Path
     assert not (tmp_path / "w.bin").exists()
 
 
+@rclone_slow
 def test_observers_see_every_byte(
     store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
 ) -> None:
@@ -244,6 +247,7 @@ def test_broken_observer_does_not_fail_the_pull(
     assert result.files_fetched == len(files)
 
 
+@rclone_slow
 def test_partial_pull_then_completion(store: S3Store, tmp_path: Path) -> None:
     """``only`` fetches some parts and leaves the rest for a later run (the cluster pull's base)."""
     from modelpull.backends import make_backend
@@ -275,6 +279,7 @@ def test_partial_pull_then_completion(store: S3Store, tmp_path: Path) -> None:
 # -- a backend passed in, and files listed once --------------------------------------------
 
 
+@rclone_slow
 def test_a_given_backend_serves_several_calls_and_stays_open(
     store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
 ) -> None:
@@ -296,6 +301,7 @@ def test_a_given_backend_serves_several_calls_and_stays_open(
     assert tree(tmp_path / "a") == tree(tmp_path / "b") == files
 
 
+@rclone_slow
 def test_pull_files_pulls_what_was_listed(
     store: S3Store, model: tuple[str, dict[str, bytes]], tmp_path: Path
 ) -> None:

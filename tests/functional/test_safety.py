@@ -27,7 +27,7 @@ from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.demo import RcloneS3Server
 from tests.faults.proxy import FaultProxy, Rule, delay
-from tests.helpers import S3Store, run_cli, start_cli, tree
+from tests.helpers import S3Store, rclone_slow, run_cli, start_cli, tree
 
 MiB = 1 << 20
 
@@ -61,6 +61,7 @@ def test_unsafe_key_exit_code(moto_store: S3Store, tmp_path: Path) -> None:
     assert not (tmp_path / "escape.txt").exists()
 
 
+@rclone_slow
 def test_symlink_in_dest_is_not_followed_out(store: S3Store, tmp_path: Path) -> None:
     bucket = store.new_bucket()
     store.put_tree(bucket, "m/", {"sub/file.bin": b"x" * 100, "a.json": b"{}"})

@@ -35,7 +35,7 @@ from modelpull.events import BytesTransferred, Event, FileVerified
 from modelpull.objects import ObjectInfo
 from modelpull.resolve import resolve
 from tests.faults.proxy import FaultProxy, Rule, delay, set_headers, status
-from tests.helpers import S3Store, isolated_env, run_cli, tree
+from tests.helpers import S3Store, isolated_env, rclone_slow, run_cli, tree
 from tests.tosfront import TosFront, tos_stand_in
 
 MiB = 1 << 20
@@ -116,6 +116,7 @@ def test_tos_keys_rank_above_the_aws_chain(
     assert tos_pull(uri, tmp_path / "b", fallback).files_fetched == 1
 
 
+@rclone_slow
 def test_cli_pulls_tos_uri_with_tos_variables(store: S3Store, bucket: str, tmp_path: Path) -> None:
     env = tos_env(store)
     done = run_cli(
@@ -125,6 +126,7 @@ def test_cli_pulls_tos_uri_with_tos_variables(store: S3Store, bucket: str, tmp_p
     assert tree(tmp_path / "out") == FILES
 
 
+@rclone_slow
 def test_cli_addressing_style_flag_for_local_servers(
     store: S3Store, bucket: str, tmp_path: Path
 ) -> None:
@@ -168,6 +170,7 @@ def test_crc64_header_is_verified(
     assert {path for path, kind in verified if kind == "crc64ecma"} == set(FILES)
 
 
+@rclone_slow
 def test_wrong_crc64_header_is_caught(
     store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -202,6 +205,7 @@ def gets(proxy: FaultProxy, name: str) -> int:
 
 
 @pytest.mark.parametrize(("part_size", "requests"), [(1 * MiB, 4), (2 * MiB, 2), (4 * MiB, 1)])
+@rclone_slow
 def test_sdk_part_size_sets_the_ranged_gets(
     store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path, part_size: int, requests: int
 ) -> None:
@@ -210,6 +214,7 @@ def test_sdk_part_size_sets_the_ranged_gets(
     assert tree(tmp_path / "out") == FILES
 
 
+@rclone_slow
 def test_sdk_max_retry_count_bounds_the_attempts(
     store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -224,6 +229,7 @@ def test_sdk_max_retry_count_bounds_the_attempts(
     assert tree(tmp_path / "b") == FILES
 
 
+@rclone_slow
 def test_sdk_socket_timeout_is_the_read_timeout(
     store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -260,6 +266,7 @@ def test_sdk_traffic_limit_caps_the_pull(
     assert time.monotonic() - started >= (total - 2 * MiB) / (2 * MiB) * 0.9
 
 
+@rclone_slow
 def test_sdk_enable_crc_false_turns_verification_off(
     store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -270,6 +277,7 @@ def test_sdk_enable_crc_false_turns_verification_off(
     assert tree(tmp_path / "b") == FILES
 
 
+@rclone_slow
 def test_sdk_task_num_and_max_connections_set_the_streams(
     store: S3Store, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -552,6 +560,7 @@ def test_bench_runs_the_tos_sdk_backend(
     assert (tmp_path / "out" / "bench.json").exists()
 
 
+@pytest.mark.slow
 def test_bench_runs_the_sdk_download_file_arm(
     stand_in: tuple[str, TosFront], front: TosFront, tmp_path: Path
 ) -> None:

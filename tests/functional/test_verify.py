@@ -14,7 +14,7 @@ import modelpull
 from modelpull.state import StateDir
 from modelpull.verify import verify
 from tests.faults.proxy import FaultProxy
-from tests.helpers import S3Store, run_cli, tree
+from tests.helpers import S3Store, rclone_slow, run_cli, tree
 
 MiB = 1 << 20
 FILES = {
@@ -59,6 +59,7 @@ def got_bytes(proxy: FaultProxy) -> int:
 # --- modelpull verify --------------------------------------------------------------------
 
 
+@rclone_slow
 def test_verify_a_good_folder_then_a_damaged_one(
     store: S3Store, model: str, tmp_path: Path
 ) -> None:
@@ -86,6 +87,7 @@ def test_verify_a_good_folder_then_a_damaged_one(
     assert tree(tmp_path) == FILES
 
 
+@rclone_slow
 def test_verify_refreshes_records_of_good_files(store: S3Store, model: str, tmp_path: Path) -> None:
     pull(store, model, tmp_path)
     state = StateDir(tmp_path)
@@ -101,6 +103,7 @@ def test_verify_refreshes_records_of_good_files(store: S3Store, model: str, tmp_
 # --- adopting what other tools left ------------------------------------------------------
 
 
+@rclone_slow
 def test_a_folder_made_by_another_tool_is_adopted_not_fetched(
     store: S3Store, model: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -126,6 +129,7 @@ def test_a_folder_made_by_another_tool_is_adopted_not_fetched(
     assert (again.files_fetched, again.files_skipped) == (0, len(FILES))
 
 
+@rclone_slow
 def test_force_fetches_an_adoptable_folder_again(
     store: S3Store, model: str, tmp_path: Path
 ) -> None:
@@ -136,6 +140,7 @@ def test_force_fetches_an_adoptable_folder_again(
     assert result.files_fetched == len(FILES) and result.files_adopted == 0
 
 
+@rclone_slow
 def test_nothing_is_adopted_without_a_checksum(store: S3Store, model: str, tmp_path: Path) -> None:
     pull(store, model, tmp_path)
     for path in FILES:
@@ -147,6 +152,7 @@ def test_nothing_is_adopted_without_a_checksum(store: S3Store, model: str, tmp_p
 # --- --check-existing ----------------------------------------------------------------
 
 
+@rclone_slow
 def test_check_existing_finds_a_damaged_file_its_record_hides(
     store: S3Store, model: str, tmp_path: Path
 ) -> None:

@@ -120,6 +120,7 @@ def test_waiting_gives_up_on_silent_and_finished_peers_only() -> None:
     assert posted.agree("members", [1]) == [0, 1]  # the first proposal stands
 
 
+@pytest.mark.slow
 def test_a_beating_peer_is_waited_for_beyond_the_timeout() -> None:
     store = MemoryStore()
     me, slow = Coordinator(store, "p", 0, timeout=0.3), Coordinator(store, "p", 1, timeout=0.3)

@@ -196,9 +196,12 @@ def test_a_made_backend_is_made_once_lazily_and_closed_with_the_target() -> None
 
 def test_resolved_passes_a_target_through_and_refuses_more() -> None:
     target = resolve("s3://models/llama/", environ={})
-    with resolved(target) as same:
+    with resolved(target, {}) as same:
         assert same is target
-    with pytest.raises(errors.UsageError, match="Target"), resolved(target, PullConfig()):
+    with (
+        pytest.raises(errors.UsageError, match="Target"),
+        resolved(target, {"config": PullConfig()}),
+    ):
         pass
     assert isinstance(target, Target)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from modelpull.backends.errors import Site, StoreNames
+from modelpull.backends.errors import Site, names_for
 from modelpull.errors import (
     ObjectChangedError,
     RangeIgnoredError,
@@ -312,12 +312,16 @@ def tls_verify(config: PullConfig) -> bool | str:
 class RangedGetBackend(ABC):
     """:meth:`read_range` from one GET per call: the part the SDK backends share.
 
-    A subclass sets :attr:`names` and implements :meth:`open_range`; everything after
-    the GET's headers (the check, the copy into the engine's buffer, the connection's
-    fate) is done here, the same way for every SDK.
+    A subclass calls this constructor and implements :meth:`open_range`; everything
+    after the GET's headers (the check, the copy into the engine's buffer, the
+    connection's fate) is done here, the same way for every SDK.
     """
 
-    names: StoreNames
+    def __init__(self, config: PullConfig, *, scheme: str) -> None:
+        # What messages name: s3:// and AWS_* or tos:// and TOS_*, by the URI's scheme.
+        self.names = names_for(scheme)
+        # What every SDK's TLS option takes: off, on, or a CA bundle's path (checked now).
+        self.tls_verify = tls_verify(config)
 
     @abstractmethod
     def open_range(self, obj: ObjectInfo, bucket: str, wanted: ByteRange) -> OpenRange:

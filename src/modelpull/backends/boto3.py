@@ -37,7 +37,6 @@ from modelpull.backends.base import (
     RangedGetBackend,
     shutdown_of,
     socket_interrupt,
-    tls_verify,
 )
 from modelpull.backends.errors import (
     ErrorMap,
@@ -45,7 +44,6 @@ from modelpull.backends.errors import (
     Site,
     fault_error,
     fault_of,
-    names_for,
     store_error,
 )
 from modelpull.checksums import split_composite
@@ -263,8 +261,7 @@ class Boto3Backend(RangedGetBackend):
     def __init__(
         self, config: PullConfig, credentials: Credentials | None = None, *, scheme: str = "s3"
     ) -> None:
-        self.names = names_for(scheme)
-        verify = tls_verify(config)
+        super().__init__(config, scheme=scheme)
         endpoint = normalize_endpoint(config.endpoint_url) if config.endpoint_url else None
         # Unsigned requests look for no credentials at all, as the AWS CLI's do.
         unsigned = {"signature_version": UNSIGNED} if config.no_sign_request else {}
@@ -291,7 +288,7 @@ class Boto3Backend(RangedGetBackend):
                     "s3",
                     endpoint_url=endpoint,
                     region_name=config.region,
-                    verify=verify,
+                    verify=self.tls_verify,
                     config=botocore_config,
                     aws_access_key_id=credentials.access_key if credentials else None,
                     aws_secret_access_key=credentials.secret_key if credentials else None,

@@ -35,7 +35,6 @@ from modelpull.backends.base import (
     OpenRange,
     RangedGetBackend,
     socket_interrupt,
-    tls_verify,
 )
 from modelpull.backends.errors import (
     ErrorMap,
@@ -44,7 +43,6 @@ from modelpull.backends.errors import (
     causes,
     fault_error,
     fault_of,
-    names_for,
     store_error,
 )
 from modelpull.config import PullConfig
@@ -157,8 +155,7 @@ class TosSdkBackend(RangedGetBackend):
     def __init__(
         self, config: PullConfig, credentials: Credentials | None = None, *, scheme: str = "tos"
     ) -> None:
-        self.names = names_for(scheme)
-        verify = tls_verify(config)
+        super().__init__(config, scheme=scheme)
         if config.endpoint_url:
             # Native form (resolve() maps an S3 host); a scheme is added when missing.
             endpoint = normalize_endpoint(config.endpoint_url)
@@ -189,8 +186,8 @@ class TosSdkBackend(RangedGetBackend):
                 enable_crc=False,
                 connection_time=config.connect_timeout,
                 socket_timeout=config.read_timeout,
-                enable_verify_ssl=verify is not False,
-                ca_crt=verify if isinstance(verify, str) else None,
+                enable_verify_ssl=self.tls_verify is not False,
+                ca_crt=self.tls_verify if isinstance(self.tls_verify, str) else None,
                 # The SDK's DNS cache runs a thread of its own; the system resolver will do.
                 dns_cache_time=0,
                 auto_recognize_content_type=False,

@@ -11,9 +11,10 @@ import json
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from modelpull import errors
 from modelpull.api import list_objects, pull
@@ -82,6 +83,18 @@ def _cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
     )
 
 
+_Report = TypeVar("_Report", PullResult, PullPreview)
+
+
+def _report(args: argparse.Namespace, report: _Report, text: Callable[[_Report], None]) -> int:
+    """Print ``report``: one JSON object with ``--json``, else ``text``'s lines."""
+    if args.json:
+        print(json.dumps({"ok": True, **report.to_dict()}, sort_keys=True))
+    else:
+        text(report)
+    return 0
+
+
 _DOING = {"fetch": "would fetch", "skip": "would skip", "check": "would check"}
 
 
@@ -113,11 +126,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
         plan = preview(
             target, args.dest, include=args.include, exclude=args.exclude, preset=args.preset
         )
-    if args.json:
-        print(json.dumps({"ok": True, **plan.to_dict()}, sort_keys=True))
-    else:
-        _print_preview(plan)
-    return 0
+    return _report(args, plan, _print_preview)
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
@@ -155,11 +164,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
             observers=[progress, *observers],
             distributed=cluster or False,
         )
-    if args.json:
-        print(json.dumps({"ok": True, **result.to_dict()}, sort_keys=True))
-    else:
-        _print_summary(result)
-    return 0
+    return _report(args, result, _print_summary)
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:

@@ -112,22 +112,23 @@ class _LocalFile:
         return got == len(view)
 
     def write(self, view: memoryview, offset: int) -> bool:
-        if not self.usable or self.file.fd is None:
-            return False
-        try:
-            self.file.write(view, offset)
-        except ModelPullError as exc:
-            self._give_up(str(exc))
-            return False
-        return True
+        # PartFile.write's errors are DestinationErrors that already say what failed.
+        return self._on_temp(lambda: self.file.write(view, offset), ModelPullError, "")
 
     def record(self, part: int, values: PartValues) -> bool:
+        return self._on_temp(
+            lambda: self.file.record(part, values), OSError, "cannot save its journal"
+        )
+
+    def _on_temp(self, step: Callable[[], None], failure: type[Exception], what: str) -> bool:
+        """Run ``step`` on the open temp file; ``False`` when it is not open, or when
+        ``step`` fails with ``failure``: the file is then given up (the store serves it)."""
         if not self.usable or self.file.fd is None:
             return False
         try:
-            self.file.record(part, values)
-        except OSError as exc:
-            self._give_up(f"cannot save its journal ({exc})")
+            step()
+        except failure as exc:
+            self._give_up(f"{what} ({exc})" if what else str(exc))
             return False
         return True
 

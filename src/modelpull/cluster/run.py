@@ -34,9 +34,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelpull.backends.base import Backend
 from modelpull.cluster.coord import Coordinator, KVStore, StoreLost
 from modelpull.cluster.inventory import local_state, make_plan
 from modelpull.cluster.options import ClusterOptions
@@ -59,20 +58,24 @@ from modelpull.cluster.transport import (
     require_torch,
 )
 from modelpull.config import PullConfig
-from modelpull.credentials import Credentials
 from modelpull.errors import ClusterError, InterruptedPullError, ModelPullError
 from modelpull.events import (
     Observer,
     PullFinished,
     PullStarted,
 )
+from modelpull.files import make_folder
+from modelpull.keywords import FilterKeywords, accept
 from modelpull.plan import check_dest_paths
 from modelpull.resolve import Target, resolved
 from modelpull.results import ClusterPullResult, FileOutcome
 from modelpull.retry import retry_events
 from modelpull.state import StateDir
 from modelpull.tally import dispatcher, report
-from modelpull.transfer import make_dest, transfer
+from modelpull.transfer import transfer
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["pull_distributed"]
 
@@ -89,15 +92,11 @@ def pull_distributed(
     uri: str | Target,
     dest: str | os.PathLike[str],
     *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    config: PullConfig | None = None,
-    credentials: Credentials | None = None,
-    backend: Backend | None = None,
     observers: Sequence[Observer] = (),
     timeout: float | None = None,
     fallback: bool | None = None,
     options: ClusterOptions | None = None,
+    **kwargs: Unpack[FilterKeywords],
 ) -> ClusterPullResult:
     """Pull ``uri`` into ``dest`` on every node of a job, fetching each byte once.
 
@@ -105,18 +104,20 @@ def pull_distributed(
     ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``. ``dest`` may hold
     ``{rank}``, ``{local_rank}`` or ``{node}``. ``timeout`` (seconds, default 300) and
     ``fallback`` (default on) override :class:`ClusterOptions` read from the
-    environment; ``options`` replaces them whole. Other arguments are
+    environment; ``options`` replaces them whole. ``observers`` and the keywords
+    (``include``, ``exclude``, ``config``, ``credentials``, ``backend``) are
     :func:`modelpull.pull`'s. Raises :class:`~modelpull.errors.ModelPullError`
     subclasses only: :class:`~modelpull.errors.BackendUnavailableError` without torch,
     :class:`~modelpull.errors.ClusterError` when the cluster cannot finish.
     """
+    accept("pull_distributed", kwargs, FilterKeywords)
     require_torch()
     opts = (
         options
         if options is not None
         else ClusterOptions.from_env(timeout=timeout, fallback=fallback)
     )
-    with resolved(uri, config, credentials, backend) as source:
+    with resolved(uri, kwargs) as source:
         topo = Topology.from_env(opts)
         target = Path(topo.expand(os.fspath(dest)))
         started = time.monotonic()
@@ -127,8 +128,8 @@ def pull_distributed(
         run = _Run(
             source=source,
             target=target,
-            include=include,
-            exclude=exclude,
+            include=kwargs.get("include"),
+            exclude=kwargs.get("exclude"),
             opts=opts,
             topo=topo,
             coord=coord,
@@ -176,7 +177,7 @@ class _Run:
             log.debug("rank %d: joined; fetchers %s", self.me, list(self.layout.fetchers))
             # After joining, so a DEST that cannot be used is reported to the others at
             # once (through this rank's final status) instead of leaving them to time out.
-            make_dest(self.target)
+            make_folder(self.target)
             plan = self._plan()
             check_dest_paths(plan.files, self.target)  # before any byte, from store or peer
             log.debug("rank %d: plan of %d files", self.me, len(plan.files))

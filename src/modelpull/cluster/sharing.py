@@ -17,7 +17,7 @@ from modelpull.cluster.coord import KVStore
 from modelpull.cluster.exchange import Exchange
 from modelpull.cluster.options import MIN_CHUNK_SIZE
 from modelpull.cluster.plan import ClusterPlan, Schedule, View
-from modelpull.cluster.transport import HEADER, TransportError, open_transport
+from modelpull.cluster.transport import HEADER, Transport, TransportError
 from modelpull.config import PullConfig
 from modelpull.events import Event
 
@@ -96,7 +96,7 @@ def run_exchange(
     exchange: Exchange | None = None
     ok = True
     try:
-        transport = open_transport(
+        transport = Transport(
             setup.store,
             setup.prefix,
             view.members.index(setup.me),

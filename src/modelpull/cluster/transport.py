@@ -29,7 +29,6 @@ __all__ = [
     "Transport",
     "TransportError",
     "cuda_available",
-    "open_transport",
     "rendezvous",
     "require_torch",
 ]
@@ -129,7 +128,8 @@ class Handle:
 
 class Transport:
     """Two sets of host buffers (one step in flight while the last is written out) and
-    an all-gather over this round's members.
+    an all-gather over this round's members; one for each exchange, raising
+    :class:`TransportError` when its group cannot form.
 
     ``inputs[slot]`` is this member's slot; ``outputs[slot][j]`` member ``j``'s, all
     ``capacity`` bytes. Memory: ``2 x (members + 1) x capacity`` on the host, and for
@@ -228,18 +228,3 @@ class Transport:
         if group is not None and self.nccl:
             with contextlib.suppress(RuntimeError):
                 group.abort()
-
-
-def open_transport(
-    store: KVStore,
-    prefix: str,
-    index: int,
-    size: int,
-    timeout: float,
-    capacity: int,
-    *,
-    nccl: bool,
-    device: int,
-) -> Transport:
-    """A transport for one exchange; :class:`TransportError` when the group cannot form."""
-    return Transport(store, prefix, index, size, timeout, capacity, nccl=nccl, device=device)
