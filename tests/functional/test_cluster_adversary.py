@@ -14,7 +14,7 @@ import pytest
 
 from tests.faults.proxy import FaultProxy, Rule, set_headers
 from tests.functional.test_cluster import FILES, Cluster, finish
-from tests.helpers import S3Store, tree
+from tests.helpers import S3Store, free_port, run_cli, tree
 
 pytestmark = pytest.mark.slow
 
@@ -56,3 +56,32 @@ def test_check_existing_never_spreads_a_damaged_copy_to_other_nodes(
     for rank, o in enumerate(again):
         assert o.code == 0, o.stderr
         assert tree(tmp_path / str(rank)) == FILES, f"rank {rank} holds wrong bytes"
+
+
+# -- the launcher's variables ------------------------------------------------------------
+
+
+def launcher(store: S3Store, **variables: str) -> dict[str, str]:
+    return (
+        store.env()
+        | {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "WORLD_SIZE": "2",
+            "RANK": "1",
+        }
+        | variables
+    )
+
+
+@pytest.mark.parametrize("port", ["99999", "-5"])
+def test_a_master_port_no_tcp_has_is_a_usage_error(
+    moto_store: S3Store, tmp_path: Path, port: str
+) -> None:
+    """It was tried for the whole timeout and reported as ranks that never met (exit 11)."""
+    args = ["pull", "--distributed", "s3://bk/m/", str(tmp_path), "--dist-timeout", "2"]
+    done = run_cli(args, launcher(moto_store, MASTER_PORT=port))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"modelpull: error: MASTER_PORT must be a TCP port (0 to 65535), not {port}"
+    ]
