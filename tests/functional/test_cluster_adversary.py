@@ -85,3 +85,18 @@ def test_a_master_port_no_tcp_has_is_a_usage_error(
     assert done.stderr.splitlines() == [
         f"modelpull: error: MASTER_PORT must be a TCP port (0 to 65535), not {port}"
     ]
+
+
+def test_a_master_addr_that_never_answers_is_one_stderr_line(
+    moto_store: S3Store, tmp_path: Path
+) -> None:
+    """A typo in MASTER_ADDR: torch's c10d logged each failed connection as an error with
+    a C++ backtrace (22 lines on stderr) before modelpull's own line."""
+    bucket = moto_store.new_bucket()
+    moto_store.put(bucket, "m/a.json", b"{}")
+    args = ["pull", "--distributed", f"s3://{bucket}/m/", str(tmp_path), "--dist-timeout", "2"]
+    done = run_cli(args, launcher(moto_store, MASTER_ADDR="nohost.invalid"))
+    assert done.returncode == 11, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("modelpull: error: rank 1: could not meet the other ranks")
