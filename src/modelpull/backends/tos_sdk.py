@@ -68,9 +68,30 @@ __all__ = ["TosSdkBackend", "translate"]
 _SHORT_BODY = ("IO Content not equal content-length", "Some error from read source")
 
 
+_CRC64 = "x-tos-hash-crc64ecma"
+# Where a CRC the SDK could not parse waits for the verifier, which ignores it with a
+# warning as it does any malformed checksum (and as the boto3 backend does this one).
+_MALFORMED_CRC64 = "x-modelpull-malformed-crc64ecma"
+
+
 def _checksums(crc64: object) -> dict[str, str]:
     # The SDK parses x-tos-hash-crc64ecma to an int; the engine wants the published text.
     return {"crc64ecma": str(crc64)} if isinstance(crc64, int) else {}
+
+
+def _answer_checksums(output: Any) -> dict[str, str]:
+    malformed = output.header.get(_MALFORMED_CRC64)
+    return {"crc64ecma": malformed} if malformed is not None else _checksums(output.hash_crc64_ecma)
+
+
+def _set_aside_malformed_crc(response: Any, *args: Any, **kwargs: Any) -> Any:
+    """A ``requests`` response hook: the SDK parses the CRC header with ``int()`` while it
+    builds its answer, so a garbled one failed the whole request (exit 10)."""
+    value = response.headers.get(_CRC64)
+    if value is not None and not (value.isascii() and value.isdigit()):
+        del response.headers[_CRC64]
+        response.headers[_MALFORMED_CRC64] = value
+    return response
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -197,6 +218,7 @@ class TosSdkBackend(RangedGetBackend):
             )
         except TosClientError as exc:
             raise UsageError(f"invalid TOS endpoint or region: {exc.message}") from None
+        self._client.session.hooks["response"].append(_set_aside_malformed_crc)
         self._errors = ErrorMap(translate, self.names, endpoint)
 
     @property
@@ -211,7 +233,7 @@ class TosSdkBackend(RangedGetBackend):
             key=key,
             size=int(output.content_length),
             etag=str(output.etag or "").strip('"'),
-            checksums=_checksums(output.hash_crc64_ecma),
+            checksums=_answer_checksums(output),
         )
 
     def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
@@ -262,7 +284,7 @@ class TosSdkBackend(RangedGetBackend):
             readinto=readinto,
             abort=output.resp.resp.close,  # requests' response
             release=lambda: None,  # requests hands back a connection whose body was read
-            checksums=_checksums(output.hash_crc64_ecma),
+            checksums=_answer_checksums(output),
             # The body only: a request waiting for its headers is bounded by read_timeout.
             interrupt=socket_interrupt(output.resp.resp.raw),
         )
