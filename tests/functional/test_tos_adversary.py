@@ -5,12 +5,14 @@ reuse."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import modelpull
 from modelpull.backends.tos_sdk import TosSdkBackend
+from tests.faults.proxy import FaultProxy, Rule, set_headers
 from tests.functional import test_tos
 from tests.functional.test_tos import FILES, WEIGHTS, sdk_config
 from tests.helpers import tree
@@ -47,3 +49,36 @@ def test_a_crc64_header_that_is_not_a_number_is_ignored_as_on_boto3(
     weights = next(f for f in result.files if f.path == WEIGHTS)
     assert weights.verified == ("size", "md5")  # the ETag still checks the bytes
     assert f"ignoring malformed crc64ecma checksum {value!r}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Expires": "0"},  # what CDNs send for "already expired"
+        {"Last-Modified": "yesterday"},
+        {"x-tos-last-modified-ns": "soon"},
+        {"x-tos-tagging-count": "many"},
+    ],
+)
+def test_a_garbled_header_modelpull_never_reads_does_not_fail_the_pull(
+    stand_in: tuple[str, TosFront], front: TosFront, tmp_path: Path, headers: dict[str, str]
+) -> None:
+    """The SDK parses these while it builds every HEAD's and GET's answer: one it cannot
+    parse failed the pull with exit 10 ("unexpected ValueError: time data '0' does not
+    match format ..."). The proxy, in front of the stand-in, plays a CDN."""
+    with FaultProxy(front.url) as proxy:
+        rule = proxy.add_rule(Rule(set_headers(headers), path=WEIGHTS, times=None))
+        config = replace(sdk_config(front), endpoint_url=proxy.url)
+        backend = TosSdkBackend(config)
+        try:
+            result = modelpull.pull(
+                f"tos://{stand_in[0]}/models/llama/",
+                tmp_path / "out",
+                config=config,
+                backend=backend,
+            )
+        finally:
+            backend.close()
+        assert proxy.fired(rule) >= 2  # its HEAD and its GETs
+    assert tree(tmp_path / "out") == FILES
+    assert result.files_fetched == len(FILES)

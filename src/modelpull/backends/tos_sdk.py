@@ -22,6 +22,7 @@ context manager, ``with self._errors(bucket, key):``.
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import socket
 from collections.abc import Iterator
@@ -84,13 +85,43 @@ def _answer_checksums(output: Any) -> dict[str, str]:
     return {"crc64ecma": malformed} if malformed is not None else _checksums(output.hash_crc64_ecma)
 
 
-def _set_aside_malformed_crc(response: Any, *args: Any, **kwargs: Any) -> Any:
-    """A ``requests`` response hook: the SDK parses the CRC header with ``int()`` while it
-    builds its answer, so a garbled one failed the whole request (exit 10)."""
-    value = response.headers.get(_CRC64)
-    if value is not None and not (value.isascii() and value.isdigit()):
-        del response.headers[_CRC64]
-        response.headers[_MALFORMED_CRC64] = value
+# Headers the SDK parses strictly while it builds an answer, and modelpull never reads:
+# one it cannot parse (a CDN's "Expires: 0") failed the whole request, exit 10.
+_SDK_DATES = ("expires", "last-modified")  # in the SDK's GMT_DATE_FORMAT
+_SDK_NUMBERS = (
+    "x-tos-last-modified-ns",
+    "x-tos-restore-expiry-days",
+    "x-tos-symlink-target-size",
+    "x-tos-tagging-count",
+)
+
+
+def _decimal(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _gmt_date(text: str) -> bool:
+    try:
+        datetime.datetime.strptime(text, "%a, %d %b %Y %H:%M:%S GMT")
+    except ValueError:
+        return False
+    return True
+
+
+def _tolerate_garbled_headers(response: Any, *args: Any, **kwargs: Any) -> Any:
+    """A ``requests`` response hook, run before the SDK parses the headers: a CRC it
+    could not parse is set aside for the verifier; other garbled headers it would parse,
+    unused here, are dropped."""
+    headers = response.headers
+    crc = headers.get(_CRC64)
+    if crc is not None and not _decimal(crc):
+        del headers[_CRC64]
+        headers[_MALFORMED_CRC64] = crc
+    for names, fits in ((_SDK_DATES, _gmt_date), (_SDK_NUMBERS, _decimal)):
+        for name in names:
+            value = headers.get(name)
+            if value is not None and not fits(value):
+                del headers[name]
     return response
 
 
@@ -218,7 +249,7 @@ class TosSdkBackend(RangedGetBackend):
             )
         except TosClientError as exc:
             raise UsageError(f"invalid TOS endpoint or region: {exc.message}") from None
-        self._client.session.hooks["response"].append(_set_aside_malformed_crc)
+        self._client.session.hooks["response"].append(_tolerate_garbled_headers)
         self._errors = ErrorMap(translate, self.names, endpoint)
 
     @property
