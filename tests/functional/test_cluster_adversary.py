@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.proxy import FaultProxy, Rule, set_headers
+from tests.faults.test_adversary import multipart_etag
 from tests.functional.test_cluster import FILES, Cluster, finish
 from tests.helpers import S3Store, free_port, run_cli, tree
 
@@ -100,3 +101,34 @@ def test_a_master_addr_that_never_answers_is_one_stderr_line(
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("modelpull: error: rank 1: could not meet the other ranks")
+
+
+# -- the second-download rule in a cluster -----------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="each node's finalize runs _alike on its own: the exchanged copy counts as its "
+    "first download and it fetches the whole file again, N+1 times the file for N nodes",
+)
+def test_a_file_no_guessed_layout_fits_is_fetched_from_the_store_once_per_cluster(
+    rclone_store: S3Store, tmp_path: Path
+) -> None:
+    """Uploaded in 7 MiB parts, the store publishing only the multipart ETag: the 8 MiB
+    guess fits the part count but not the bytes, so a file is placed only once two
+    downloads agree (``finish.py _alike``). In a cluster the node that fetched it does
+    that once for the cluster (two downloads at most); instead every node fetched it again
+    after the exchange: 4 times the file from the store for 3 nodes (N + 1 for N)."""
+    bucket = rclone_store.new_bucket()
+    data = os.urandom(20 << 20)
+    rclone_store.put(bucket, "m/w.bin", data)
+    etag = {"ETag": f'"{multipart_etag(data, 7 << 20)}"'}
+    with FaultProxy(rclone_store.endpoint_url) as proxy:
+        proxy.add_rule(Rule(set_headers(etag), path="w.bin", times=None))
+        cluster = Cluster(rclone_store, proxy, bucket)
+        outcomes = finish(cluster.start(3, str(tmp_path / "{rank}")))
+        egress = cluster.egress()
+    for rank, o in enumerate(outcomes):
+        assert o.code == 0, o.stderr
+        assert (tmp_path / str(rank) / "w.bin").read_bytes() == data
+    assert egress <= 2 * len(data), f"{egress / len(data):.1f} times the file from the store"
