@@ -22,6 +22,7 @@ context manager, ``with self._errors(bucket, key):``.
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import socket
 from collections.abc import Iterator
@@ -66,9 +67,60 @@ __all__ = ["TosSdkBackend", "translate"]
 _SHORT_BODY = ("IO Content not equal content-length", "Some error from read source")
 
 
+_CRC64 = "x-tos-hash-crc64ecma"
+# Where a CRC the SDK could not parse waits for the verifier, which ignores it with a
+# warning as it does any malformed checksum (and as the boto3 backend does this one).
+_MALFORMED_CRC64 = "x-modelpull-malformed-crc64ecma"
+
+
 def _checksums(crc64: object) -> dict[str, str]:
     # The SDK parses x-tos-hash-crc64ecma to an int; the engine wants the published text.
     return {"crc64ecma": str(crc64)} if isinstance(crc64, int) else {}
+
+
+def _answer_checksums(output: Any) -> dict[str, str]:
+    malformed = output.header.get(_MALFORMED_CRC64)
+    return {"crc64ecma": malformed} if malformed is not None else _checksums(output.hash_crc64_ecma)
+
+
+# Headers the SDK parses strictly while it builds an answer, and modelpull never reads:
+# one it cannot parse (a CDN's "Expires: 0") failed the whole request, exit 10.
+_SDK_DATES = ("expires", "last-modified")  # in the SDK's GMT_DATE_FORMAT
+_SDK_NUMBERS = (
+    "x-tos-last-modified-ns",
+    "x-tos-restore-expiry-days",
+    "x-tos-symlink-target-size",
+    "x-tos-tagging-count",
+)
+
+
+def _decimal(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _gmt_date(text: str) -> bool:
+    try:
+        datetime.datetime.strptime(text, "%a, %d %b %Y %H:%M:%S GMT")
+    except ValueError:
+        return False
+    return True
+
+
+def _tolerate_garbled_headers(response: Any, *args: Any, **kwargs: Any) -> Any:
+    """A ``requests`` response hook, run before the SDK parses the headers: a CRC it
+    could not parse is set aside for the verifier; other garbled headers it would parse,
+    unused here, are dropped."""
+    headers = response.headers
+    crc = headers.get(_CRC64)
+    if crc is not None and not _decimal(crc):
+        del headers[_CRC64]
+        headers[_MALFORMED_CRC64] = crc
+    for names, fits in ((_SDK_DATES, _gmt_date), (_SDK_NUMBERS, _decimal)):
+        for name in names:
+            value = headers.get(name)
+            if value is not None and not fits(value):
+                del headers[name]
+    return response
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -194,6 +246,7 @@ class TosSdkBackend(RangedGetBackend):
             )
         except TosClientError as exc:
             raise UsageError(f"invalid TOS endpoint or region: {exc.message}") from None
+        self._client.session.hooks["response"].append(_tolerate_garbled_headers)
         self._errors = ErrorMap(translate, self.names, endpoint)
 
     @property
@@ -208,7 +261,7 @@ class TosSdkBackend(RangedGetBackend):
             key=key,
             size=int(output.content_length),
             etag=str(output.etag or "").strip('"'),
-            checksums=_checksums(output.hash_crc64_ecma),
+            checksums=_answer_checksums(output),
         )
 
     def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
@@ -259,7 +312,7 @@ class TosSdkBackend(RangedGetBackend):
             readinto=readinto,
             abort=output.resp.resp.close,  # requests' response
             release=lambda: None,  # requests hands back a connection whose body was read
-            checksums=_checksums(output.hash_crc64_ecma),
+            checksums=_answer_checksums(output),
             # The body only: a request waiting for its headers is bounded by read_timeout.
             interrupt=socket_interrupt(output.resp.resp.raw),
         )

@@ -58,8 +58,9 @@ def local_state(
     cuda: bool = False,
     nccl_failed: bool = False,
 ) -> MemberState:
-    """What ``dest`` holds of the plan: complete files (by their records; none with
-    ``config.force``) and parts held in resume journals that describe this very object.
+    """What ``dest`` holds of the plan: complete files (by their records, re-read with
+    ``config.check_existing``; none with ``config.force``) and parts held in resume
+    journals that describe this very object.
 
     ``config.part_size`` must be the plan's, for part indices to mean the same thing."""
     state = StateDir(dest)
@@ -68,7 +69,10 @@ def local_state(
     for f in plan.shared():
         remote = plan.files[f]
         local = PartFile(state, remote, config)
-        if not config.force and local.is_complete():
+        # --check-existing trusts no record: a copy damaged on disk, offered to the
+        # others as complete, would reach nodes whose store checks cannot catch it.
+        recorded = not config.force and local.is_complete()
+        if recorded and (not config.check_existing or local.intact()):
             complete.add(f)
             continue
         parts = local.resumable()

@@ -63,7 +63,10 @@ class Topology:
             )
         rank = _int_env(env, "RANK")
         world_size = _int_env(env, "WORLD_SIZE")
-        _int_env(env, "MASTER_PORT")
+        port = _int_env(env, "MASTER_PORT")
+        if not 0 <= port <= 65535:
+            # Else torch fails it as a rendezvous that timed out, exit 11, not a usage error.
+            raise UsageError(f"MASTER_PORT must be a TCP port (0 to 65535), not {port}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise UsageError(f"RANK {rank} is not within WORLD_SIZE {world_size}")
         local_rank = _int_env(env, "LOCAL_RANK", 0)

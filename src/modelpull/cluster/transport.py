@@ -60,9 +60,10 @@ def require_torch() -> Any:
     if importlib.util.find_spec("torch") is None:
         raise BackendUnavailableError(MISSING_TORCH)
     if "torch" not in sys.modules:
-        # c10d logs every failed store request as a warning with a C++ backtrace; a lost
-        # peer is expected here and reported once by us. Read by torch at import only.
-        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+        # c10d logs every failed store request (a warning) and a store it cannot reach (an
+        # error) with a C++ backtrace; a lost peer or a wrong MASTER_ADDR is expected
+        # here and reported once by us, in one line. Read by torch at import only.
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
     try:
         dist = importlib.import_module("torch.distributed")
     except ImportError as exc:
