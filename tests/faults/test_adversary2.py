@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import S3Store, run_cli
 
 from .proxy import FaultProxy, Rule, set_headers
@@ -15,12 +13,6 @@ from .proxy import FaultProxy, Rule, set_headers
 MiB = 1 << 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="botocore parses PartsCount as an integer before modelpull's own lenient "
-    "_int_header sees it; fix: a before-parse.s3 handler that drops an integer header "
-    "botocore would fail on (as the tos-sdk backend's response hook does)",
-)
 def test_a_part_count_that_is_not_a_number_is_ignored_not_exit_10(
     moto_store: S3Store, tmp_path: Path
 ) -> None:
@@ -36,3 +28,22 @@ def test_a_part_count_that_is_not_a_number_is_ignored_not_exit_10(
         done = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path), "--part-size", "1MiB"], env)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "w.bin").read_bytes() == data
+
+
+def test_a_head_without_a_usable_content_length_is_a_bad_response(
+    moto_store: S3Store, tmp_path: Path
+) -> None:
+    """A HEAD whose Content-Length is no number was 'unexpected ValueError' (exit 10 with
+    no hint); it is the store's fault, retried as one, then one line naming it."""
+    bucket = moto_store.new_bucket()
+    moto_store.put(bucket, "m/w.bin", os.urandom(3 * MiB))
+    with FaultProxy(moto_store.endpoint_url) as proxy:
+        proxy.add_rule(Rule(set_headers({"Content-Length": "zz"}), method="HEAD", times=None))
+        env = moto_store.env() | {"AWS_ENDPOINT_URL": proxy.url, "MODELPULL_MAX_ATTEMPTS": "2"}
+        done = run_cli(["pull", f"s3://{bucket}/m/", str(tmp_path), "--part-size", "1MiB"], env)
+        heads = [r for r in proxy.log if r.method == "HEAD"]
+    assert done.returncode == 10, done.stderr
+    assert "no usable Content-Length" in done.stderr
+    assert "unexpected" not in done.stderr and "Traceback" not in done.stderr
+    assert len(heads) == 2  # retried, within the budget
+    assert not (tmp_path / "w.bin").exists()

@@ -49,7 +49,7 @@ from modelpull.backends.errors import (
 from modelpull.checksums import split_composite
 from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
-from modelpull.errors import AccessDeniedError, ModelPullError, UsageError
+from modelpull.errors import AccessDeniedError, ModelPullError, TransientStoreError, UsageError
 from modelpull.objects import Layout, ObjectInfo, UploadPart
 from modelpull.uri import normalize_endpoint
 from modelpull.watch import current
@@ -233,6 +233,33 @@ class _S3Loader(botocore.loaders.Loader):  # type: ignore[misc]
         return ["s3"]
 
 
+_INTEGER_HEADERS: dict[str, tuple[str, ...]] = {}
+
+
+def _drop_unreadable_integers(operation_model: Any, response_dict: Any, **_: Any) -> None:
+    """Drop a header botocore parses as an integer that is none, as if it were not sent.
+
+    botocore's parser fails the whole answer on one (``x-amz-mp-parts-count: zz`` from a
+    broken or hostile store: exit 10, 'unexpected ValueError'), while modelpull reads such
+    headers leniently and checks what they say; an absent header is a case it handles.
+    """
+    names = _INTEGER_HEADERS.get(operation_model.name)
+    if names is None:
+        shape = operation_model.output_shape
+        members = shape.members.values() if shape is not None else ()
+        names = tuple(
+            m.serialization.get("name", "")
+            for m in members
+            if m.serialization.get("location") == "header" and m.type_name in ("integer", "long")
+        )
+        _INTEGER_HEADERS[operation_model.name] = names
+    headers = response_dict.get("headers")
+    for name in names:
+        value = headers.get(name) if headers is not None else None
+        if value is not None and not value.strip().lstrip("+-").isdigit():
+            del headers[name]
+
+
 def _session(profile: str | None) -> botocore.session.Session:
     """A botocore session for ``profile`` whose loader skips the service listing."""
     session = botocore.session.Session(profile=profile)
@@ -297,12 +324,21 @@ class Boto3Backend(RangedGetBackend):
             except ValueError as exc:  # botocore's "Invalid endpoint" and kin
                 raise UsageError(f"invalid endpoint or region: {exc}") from None
         _watch_connections(self._client)
+        self._client.meta.events.register("before-parse.s3.*", _drop_unreadable_integers)
         self._errors = ErrorMap(translate, self.names, self._client.meta.endpoint_url)
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
         with self._errors(bucket, key):
             response = self._client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         headers = _headers(response)
+        if "ContentLength" not in response:  # absent, or no number: dropped before parsing
+            site = Site(bucket, key, self.names, self._client.meta.endpoint_url)
+            raise TransientStoreError(
+                f"{site}: the store's answer to HEAD has no usable Content-Length",
+                bucket=bucket,
+                key=key,
+                reason="bad_response",
+            )
         return ObjectInfo(
             key=key,
             size=int(response["ContentLength"]),
@@ -387,6 +423,8 @@ class Boto3Backend(RangedGetBackend):
             sizes = [size1] * (count - 1) + [last]
             return Layout((_upload_part(first, obj.etag), *(UploadPart(s) for s in sizes[1:])))
         heads = [first, *(self._head_part(bucket, obj.key, n) for n in range(2, count + 1))]
+        if not all(isinstance(head.get("ContentLength"), int) for head in heads):
+            return None  # a part the store will not size says no layout
         return Layout(tuple(_upload_part(head, obj.etag) for head in heads))
 
     def _head_part(self, bucket: str, key: str, number: int) -> Mapping[str, Any]:
