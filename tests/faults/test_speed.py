@@ -103,3 +103,23 @@ def test_a_part_far_slower_than_its_peers_is_hedged(
     starts = [int(m[1]) for r in ranges if (m := re.match(r"bytes=(\d+)-", r))]
     # A hedge asks for the slow part's tail: from inside a part, not at a part's start.
     assert any(start % (2 * MiB) for start in starts) is hedge
+
+
+def test_a_folder_of_small_files_costs_one_get_each_and_no_head(
+    rclone_store: S3Store, tmp_path: Path
+) -> None:
+    bucket = rclone_store.new_bucket()
+    small = {f"tok-{i}.json": os.urandom(1000 + 997 * i) for i in range(5)}
+    rclone_store.put_tree(bucket, "m/", small)
+    with FaultProxy(rclone_store.endpoint_url) as proxy:
+        result = modelpull.pull(
+            f"s3://{bucket}/m/",
+            tmp_path,
+            config=config(proxy.url),
+            credentials=rclone_store.credentials,
+        )
+        objects = [(r.method, r.range) for r in proxy.log if "/m/" in r.path]
+    assert tree(tmp_path) == small
+    assert objects == [("GET", None)] * len(small)  # no HEAD, no Range: the whole file
+    assert all("md5" in f.verified for f in result.files)  # from the GET's own headers
+    assert not list((tmp_path / ".modelpull" / "incomplete").iterdir())  # no journal left
