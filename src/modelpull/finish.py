@@ -73,12 +73,7 @@ class Finishing:
                 pf.discard()
                 raise
             log.warning("%s; fetching it again", exc)
-            self._emit(
-                PartRetried(path=job.path, reason="integrity", attempt=job.refetches + 1, delay=0.0)
-            )
-            self._begin_restart(job)
-            if job.inflight == 0:
-                self._do_restart(job)
+            self._refetch(job)
             return
         if pf.verifier.unverifiable and pf.verifier.layout is not None and not self._alike(job):
             return
@@ -132,13 +127,17 @@ class Finishing:
             job.path,
             check,
         )
+        self._refetch(job)
+        return False
+
+    def _refetch(self, job: Job) -> None:
+        """Fetch the whole file again, from the start: an integrity retry."""
         self._emit(
             PartRetried(path=job.path, reason="integrity", attempt=job.refetches + 1, delay=0.0)
         )
         self._begin_restart(job)
         if job.inflight == 0:
             self._do_restart(job)
-        return False
 
     def _skip(self, job: Job, status: str, verified: Sequence[str] = ()) -> None:
         """With the lock held: the file in DEST is already the store's; nothing to fetch."""

@@ -20,7 +20,7 @@ import modelpull
 from modelpull.checksums import CRC_KINDS, DIGEST_KINDS, composite
 from modelpull.config import PullConfig
 from modelpull.events import Event, PartHedged
-from tests.helpers import S3Store, run_cli
+from tests.helpers import S3Store, run_cli, upload_in_parts
 
 from .proxy import (
     FaultProxy,
@@ -168,24 +168,6 @@ def test_a_folder_at_a_final_name_is_refused_before_any_byte_is_fetched(
 
 
 # --- x-amz-mp-parts-count that lies ------------------------------------------------------
-
-
-def upload_in_parts(store: S3Store, bucket: str, key: str, data: bytes, part: int) -> None:
-    client = store.client()
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
-    parts = []
-    for number, offset in enumerate(range(0, len(data), part), start=1):
-        answer = client.upload_part(
-            Bucket=bucket,
-            Key=key,
-            UploadId=upload["UploadId"],
-            PartNumber=number,
-            Body=data[offset : offset + part],
-        )
-        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-    client.complete_multipart_upload(
-        Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
-    )
 
 
 def test_a_part_count_no_upload_could_have_is_not_believed(

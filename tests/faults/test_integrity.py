@@ -20,7 +20,7 @@ from modelpull.config import PullConfig
 from modelpull.resolve import resolve
 from modelpull.state import StateDir
 from modelpull.transfer import transfer
-from tests.helpers import S3Store, rclone_slow, run_cli
+from tests.helpers import S3Store, rclone_slow, run_cli, upload_in_parts
 
 from .proxy import FaultProxy, Rule, flip_byte, set_headers
 
@@ -172,31 +172,6 @@ def test_an_unusable_journal_never_breaks_the_cli(
 
 
 # --- multipart ETags and composite checksums -----------------------------------------
-
-
-def upload_in_parts(
-    store: S3Store, bucket: str, key: str, data: bytes, part: int, algorithm: str | None = None
-) -> list[dict[str, Any]]:
-    client = store.client()
-    extra = {"ChecksumAlgorithm": algorithm} if algorithm else {}
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key, **extra)
-    parts = []
-    for number, offset in enumerate(range(0, len(data), part), start=1):
-        answer = client.upload_part(
-            Bucket=bucket,
-            Key=key,
-            UploadId=upload["UploadId"],
-            PartNumber=number,
-            Body=data[offset : offset + part],
-            **extra,
-        )
-        parts.append({"PartNumber": number, "ETag": answer["ETag"]} | {
-            k: v for k, v in answer.items() if k.startswith("Checksum")
-        })  # fmt: skip
-    client.complete_multipart_upload(
-        Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
-    )
-    return parts
 
 
 def multipart_etag(data: bytes, part: int) -> str:

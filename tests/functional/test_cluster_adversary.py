@@ -15,7 +15,7 @@ import pytest
 from tests.faults.proxy import FaultProxy, Rule, set_headers
 from tests.faults.test_adversary import multipart_etag
 from tests.functional.test_cluster import FILES, Cluster, finish
-from tests.helpers import S3Store, free_port, run_cli, tree
+from tests.helpers import S3Store, flip_keeping_mtime, free_port, run_cli, tree
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +26,6 @@ KMS = {
     "ETag": '"0123456789abcdef0123456789abcdef"',
     "x-amz-server-side-encryption": "aws:kms",
 }
-
-
-def flip_keeping_mtime(path: Path, offset: int) -> None:
-    st = path.stat()
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x40
-    path.write_bytes(bytes(data))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def test_check_existing_never_spreads_a_damaged_copy_to_other_nodes(

@@ -14,7 +14,7 @@ import modelpull
 from modelpull.state import StateDir
 from modelpull.verify import verify
 from tests.faults.proxy import FaultProxy
-from tests.helpers import S3Store, rclone_slow, run_cli, tree
+from tests.helpers import S3Store, flip_keeping_mtime, rclone_slow, run_cli, tree
 
 MiB = 1 << 20
 FILES = {
@@ -37,14 +37,6 @@ def model(store: S3Store) -> str:
 def proxy(store: S3Store) -> Iterator[FaultProxy]:
     with FaultProxy(store.endpoint_url) as p:
         yield p
-
-
-def flip_keeping_mtime(path: Path, offset: int) -> None:
-    st = path.stat()
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x40
-    path.write_bytes(bytes(data))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def pull(store: S3Store, uri: str, dest: Path, **overrides: Any) -> modelpull.PullResult:
