@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from modelpull import safefs
 from modelpull.api import list_objects
 from modelpull.config import PullConfig
-from modelpull.errors import IntegrityError, ModelPullError
+from modelpull.errors import DestinationError, IntegrityError, ModelPullError
 from modelpull.events import Event
 from modelpull.fetch import Fetcher
 from modelpull.integrity import needs_layout
@@ -105,6 +105,8 @@ def verify(
     accept("verify", kwargs, FilterKeywords)
     started = time.monotonic()
     folder = Path(dest)
+    if folder.exists() and not folder.is_dir():  # else "cannot write" from the state folder
+        raise DestinationError(f"DEST is not a folder: {folder}")
     with resolved(uri, kwargs) as target:
         cfg = target.config
         files = select(list_objects(target), kwargs.get("include"), kwargs.get("exclude"))

@@ -157,3 +157,14 @@ def test_check_existing_finds_a_damaged_file_its_record_hides(
     fetched = [f.path for f in checked.files if f.status == "fetched"]
     assert fetched == [SHARD]
     assert checked.files_skipped == len(FILES) - 1
+
+
+def test_verify_of_a_dest_that_is_a_file_says_so(moto_store: S3Store, tmp_path: Path) -> None:
+    bucket = moto_store.new_bucket()
+    moto_store.put(bucket, "m/a.json", b"{}")
+    dest = tmp_path / "f"
+    dest.write_text("not a folder")
+    done = run_cli(["verify", f"s3://{bucket}/m/", str(dest)], moto_store.env())
+    assert done.returncode == 6, done.stderr
+    assert done.stderr.strip().splitlines() == [f"modelpull: error: DEST is not a folder: {dest}"]
+    assert dest.read_text() == "not a folder"
