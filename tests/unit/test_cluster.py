@@ -5,6 +5,7 @@ through an in-memory store, and planning. The ranks themselves are in
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -192,3 +193,9 @@ def test_member_state_survives_json() -> None:
     assert MemberState.from_json(json.loads(json.dumps(state.to_json()))) == state
     plan = plan_of(5, 0)
     assert ClusterPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, math.nan, math.inf, 400 * 86400.0])
+def test_a_timeout_no_clock_waits_is_refused(timeout: float) -> None:
+    with pytest.raises(UsageError, match="distributed timeout"):
+        ClusterOptions(timeout=timeout)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from modelpull.errors import UsageError
-from modelpull.units import parse_bool, parse_duration, parse_size
+from modelpull.units import MAX_DURATION, parse_bool, parse_duration, parse_size
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -83,8 +83,8 @@ class ClusterOptions:
     node_per_rank: bool = False
 
     def __post_init__(self) -> None:
-        if self.timeout <= 0:
-            raise UsageError("the distributed timeout must be positive")
+        if not 0 < self.timeout <= MAX_DURATION:  # NaN fails both
+            raise UsageError("the distributed timeout must be positive, and at most a year")
         if self.backend not in ("gloo", "nccl", "auto"):
             raise UsageError(f"invalid exchange backend {self.backend!r}: use gloo, nccl or auto")
         if self.chunk_size < MIN_CHUNK_SIZE:
