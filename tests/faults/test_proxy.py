@@ -349,6 +349,7 @@ def test_ignore_range_claims_the_whole_object(proxy: FaultProxy, s3: Any) -> Non
     assert get(s3) == SMALL
 
 
+@pytest.mark.slow  # the test kit's own timing; the fault tests use each mode in the fast lane
 def test_delay_before_headers_and_per_chunk(upstream: str) -> None:
     with FaultProxy(upstream, chunk_size=50_000) as proxy:
         s3 = make_client(proxy.url)
@@ -373,6 +374,7 @@ def test_trickle_sends_the_body_a_few_bytes_at_a_time(proxy: FaultProxy, s3: Any
     assert proxy.log[-1].faults == ("Trickle",)
 
 
+@pytest.mark.slow  # the test kit's own timing; the fault tests use each mode in the fast lane
 def test_stall_before_the_headers_sends_nothing(proxy: FaultProxy) -> None:
     s3 = make_client(proxy.url, read_timeout=0.5)  # gives up on a read after 0.5 s
     try:
@@ -385,6 +387,7 @@ def test_stall_before_the_headers_sends_nothing(proxy: FaultProxy) -> None:
         s3.close()
 
 
+@pytest.mark.slow  # the test kit's own timing; the fault tests use each mode in the fast lane
 def test_stall_after_the_headers_and_some_bytes(proxy: FaultProxy) -> None:
     s3 = make_client(proxy.url, read_timeout=0.5)  # gives up on a read after 0.5 s
     try:
@@ -424,6 +427,7 @@ def test_times_none_fires_always_and_clear_rules_stops_it(proxy: FaultProxy, s3:
     assert get(s3) == SMALL
 
 
+@pytest.mark.slow  # the test kit's own timing; the fault tests use each mode in the fast lane
 def test_probability_is_seeded(proxy: FaultProxy, s3: Any) -> None:
     def pattern(seed: int) -> list[bool]:
         proxy.clear_rules()
@@ -478,6 +482,7 @@ def test_invalid_arguments() -> None:
 # --- shutdown --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the test kit's own timing; the fault tests use each mode in the fast lane
 def test_close_cuts_idle_and_slow_connections_and_joins_threads(upstream: str) -> None:
     before = set(threading.enumerate())
     proxy = FaultProxy(upstream).start()

@@ -106,6 +106,7 @@ def assert_usage_error(done: Any, *needles: str) -> None:
         assert needle in lines[0], lines[0]
 
 
+@pytest.mark.slow  # the flag and secret-echo cases below cover this path in the fast lane
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -163,6 +164,7 @@ def test_the_tos_sdk_mapping_refuses_numbers_that_are_not_finite() -> None:
 # --- AIBrix's --download-extra-config ------------------------------------------------------
 
 
+@pytest.mark.slow  # the flag and secret-echo cases below cover this path in the fast lane
 @pytest.mark.parametrize(
     "extra",
     [
