@@ -41,10 +41,10 @@ from benchmarks.faultmatrix.stores import (
     Stores,
     UntrustedTls,
     refused_endpoint,
-    self_signed,
 )
 from benchmarks.faultmatrix.tools import TOOLS, Job, Timeouts, Tool, run
 from tests.faults.proxy import FaultProxy, RequestRecord, Rule, set_headers
+from tests.helpers import self_signed
 
 __all__ = ["Cell", "Settings", "all_cells", "run_cells"]
 
@@ -218,7 +218,7 @@ def run_cells(
     then wait side by side; the others run ``jobs`` at a time meanwhile (few, so that
     CPU contention does not blur their timings).
     """
-    self_signed(work / "tls")
+    self_signed(work / "tls", "untrusted")
     changing = [c.name for c in cells if c.fault.id == "412-changed"]
     with Stores(work, [c.name for c in cells], changing, size=size) as stores:
         records: dict[int, dict[str, Any]] = {}

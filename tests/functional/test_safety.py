@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import socket
@@ -15,10 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 import modelpull
 from modelpull.backends import make_backend
@@ -27,7 +21,7 @@ from modelpull.config import PullConfig
 from modelpull.credentials import Credentials
 from modelpull.demo import RcloneS3Server
 from tests.faults.proxy import FaultProxy, Rule, delay
-from tests.helpers import S3Store, rclone_slow, run_cli, start_cli, tree
+from tests.helpers import S3Store, rclone_slow, run_cli, self_signed, start_cli, tree
 
 MiB = 1 << 20
 
@@ -83,43 +77,12 @@ def test_symlink_in_dest_is_not_followed_out(store: S3Store, tmp_path: Path) -> 
 # -- TLS ---------------------------------------------------------------------------------
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelpull-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="module")
 def tls_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, Path, RcloneS3Server]]:
     folder = tmp_path_factory.mktemp("tls")
-    cert, key = _self_signed(folder)
+    cert, key = self_signed(folder)
     (folder / "root" / "secure" / "m").mkdir(parents=True)
     (folder / "root" / "secure" / "m" / "w.bin").write_bytes(b"w" * 1000)
     with RcloneS3Server(folder / "root", cert=cert, key=key) as server:
@@ -202,7 +165,7 @@ def test_no_verify_ssl_wins_over_a_ca_bundle_from_the_environment(
     tls_server: tuple[str, Path, RcloneS3Server], tmp_path: Path
 ) -> None:
     endpoint, _, server = tls_server
-    other_ca, _ = _self_signed(tmp_path)  # a readable bundle that does not sign the server
+    other_ca, _ = self_signed(tmp_path)  # a readable bundle that does not sign the server
     env = {"AWS_CA_BUNDLE": str(other_ca)}
     refused = _cli(server, endpoint, tmp_path / "a", env=env)
     assert refused.returncode == 5, refused.stderr
@@ -249,7 +212,7 @@ def test_tos_sdk_backend_tls(tls_server: tuple[str, Path, RcloneS3Server], tmp_p
     # Past the handshake, the server refuses the TOS signature: not an endpoint error.
     trusted = _head(TosSdkBackend(replace(config, ca_bundle=str(cert))))
     assert not isinstance(trusted, modelpull.EndpointError), trusted
-    other_ca, _ = _self_signed(tmp_path)
+    other_ca, _ = self_signed(tmp_path)
     unverified = replace(config, ca_bundle=str(other_ca), verify_ssl=False)
     assert not isinstance(_head(TosSdkBackend(unverified)), modelpull.EndpointError)
     with pytest.raises(modelpull.UsageError, match=r"absent\.pem"):
